@@ -1,0 +1,118 @@
+"""Training-side glue: the torch parts, the ORT trunk, the trainer and the model directory.
+
+One Engine holds one student across products (continual learning keeps a single
+task-agnostic model); it computes trunk features in ORT, trains in torch, and writes
+complete, verified model directories.
+"""
+
+from __future__ import annotations
+
+import os
+import tempfile
+from collections.abc import Callable, Sequence
+from pathlib import Path
+
+import numpy as np
+import torch
+
+from edge_runtime import model_dir as md
+from edge_runtime.calibration import calibrate
+from edge_runtime.inferencer import AnomalyInferencer, TrunkRunner
+from edge_runtime.onnx_export import export_merged, export_trunk
+from edge_runtime.torch_model import ModelSpec, PasteModel, build_parts
+from edge_runtime.training import Progress, ReplaySource, StudentTrainer, TrainConfig, TrainResult
+from edge_runtime.weights import BackboneFiles, resolve_backbone_files
+
+
+class Engine:
+    def __init__(
+        self,
+        spec: ModelSpec | None = None,
+        files: BackboneFiles | None = None,
+        seed: int = 0,
+        threads: int = 0,
+        work_dir: str | os.PathLike[str] | None = None,
+    ) -> None:
+        self.spec = spec or ModelSpec.paste()
+        self.files = files or resolve_backbone_files()
+        self.threads = threads
+        if threads:
+            torch.set_num_threads(threads)
+        self.trunk, self.teacher, self.student = build_parts(self.spec, self.files, seed)
+        self._tmp = None
+        if work_dir is None:
+            self._tmp = tempfile.TemporaryDirectory(prefix="edge-runtime-")
+            work_dir = self._tmp.name
+        self.work_dir = Path(work_dir)
+        self._trunk_runner: TrunkRunner | None = None
+
+    @property
+    def model(self) -> PasteModel:
+        return PasteModel(self.spec, self.trunk, self.teacher, self.student).eval()
+
+    def trunk_runner(self) -> TrunkRunner:
+        if self._trunk_runner is None:
+            path = self.work_dir / md.TRUNK
+            export_trunk(self.trunk, self.spec.image_size, path)
+            self._trunk_runner = TrunkRunner(path, self.spec.image_size, self.threads)
+        return self._trunk_runner
+
+    def features(
+        self,
+        sources: Sequence[str | os.PathLike[str] | bytes],
+        progress: Callable[[int, int], None] | None = None,
+    ) -> np.ndarray:
+        """Trunk output (ORT) for each image: computed once, then reused every epoch."""
+        return self.trunk_runner().features_for(sources, progress=progress)
+
+    def train(
+        self,
+        features: np.ndarray,
+        val_features: np.ndarray | None,
+        config: TrainConfig,
+        replay: ReplaySource | None = None,
+        on_progress: Callable[[Progress], None] | None = None,
+        should_stop: Callable[[], bool] | None = None,
+    ) -> TrainResult:
+        trainer = StudentTrainer(self.teacher, self.student, config)
+        return trainer.fit(features, val_features, replay, on_progress, should_stop)
+
+    def load_student(self, directory: str | os.PathLike[str]) -> None:
+        manifest = md.read_manifest(directory)
+        if ModelSpec.from_dict(manifest.spec) != self.spec:
+            raise md.ModelDirError(f"{directory} was trained with a different model spec")
+        state = torch.load(Path(directory) / md.STUDENT, map_location="cpu", weights_only=True)
+        self.student.load_state_dict(state)
+        self.student.eval()
+
+    def save(
+        self,
+        target: str | os.PathLike[str],
+        products: dict[str, dict] | None = None,
+        training: dict | None = None,
+    ) -> Path:
+        """Student weights + merged graph + trunk graph + manifest, complete or not at all."""
+        model = self.model
+
+        def write(tmp: Path) -> None:
+            torch.save(self.student.state_dict(), tmp / md.STUDENT)
+            export_merged(model, tmp / md.MERGED)
+            export_trunk(self.trunk, self.spec.image_size, tmp / md.TRUNK)
+
+        manifest = md.Manifest(self.spec.to_dict(), {}, products or {}, training or {})
+        return md.write_model_dir(target, write, manifest)
+
+
+def calibrate_product(
+    directory: str | os.PathLike[str],
+    normal_images: Sequence[str | os.PathLike[str]],
+    threads: int = 0,
+) -> dict:
+    """Thresholds from held-out normal images only: nobody has defect labels on day one."""
+    manifest = md.read_manifest(directory)
+    inferencer = AnomalyInferencer(
+        Path(directory) / md.MERGED, manifest.spec["image_size"], threads
+    )
+    results = inferencer.inspect_many(list(normal_images))
+    maps = np.stack([r.anomaly_map for r in results])
+    return calibrate(maps, np.array([r.score for r in results])).to_dict()

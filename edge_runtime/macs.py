@@ -1,0 +1,63 @@
+"""Multiply-accumulates per part, counted by torch's FlopCounterMode (MACs = FLOPs / 2).
+
+Counts convolutions and matmuls, as the papers do; element-wise ops are not MACs.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+
+import torch
+from torch.utils.flop_counter import FlopCounterMode
+
+from edge_runtime.torch_model import ModelSpec, Tail, Trunk, stfpm_loss
+
+
+def _count(fn: Callable[[], object]) -> int:
+    with FlopCounterMode(display=False) as counter:
+        fn()
+    return int(counter.get_total_flops()) // 2
+
+
+def inference_macs(spec: ModelSpec, trunk: Trunk, teacher: Tail, student: Tail) -> dict[str, int]:
+    """MACs of one image through trunk, teacher tail and student tail."""
+    image = torch.zeros(1, 3, spec.image_size, spec.image_size)
+    with torch.no_grad():
+        features = trunk(image)
+        parts = {
+            "trunk": _count(lambda: trunk(image)),
+            "teacher_tail": _count(lambda: teacher(features)),
+            "student_tail": _count(lambda: student(features)),
+        }
+    return parts | {"total": sum(parts.values())}
+
+
+def training_step_macs(
+    spec: ModelSpec, trunk: Trunk, teacher: Tail, student: Tail, batch_size: int = 8
+) -> dict[str, int]:
+    """MACs of one training step on cached trunk features, per sample and per step.
+
+    The trunk is not in the step: its output is computed once per image and cached.
+    """
+    with torch.no_grad():
+        features = trunk(torch.zeros(batch_size, 3, spec.image_size, spec.image_size))
+    was_training = student.training
+    student.train()
+
+    def step() -> None:
+        with torch.no_grad():
+            target = teacher(features)
+        stfpm_loss(target, student(features)).backward()
+
+    teacher_macs = _count(lambda: teacher(features))
+    total = _count(step)
+    student.zero_grad(set_to_none=True)
+    student.train(was_training)
+    return {
+        "teacher_tail_forward": teacher_macs,
+        "student_tail_forward_backward": total - teacher_macs,
+        "per_step": total,
+        "per_sample": total // batch_size,
+        "batch_size": batch_size,
+        "trunk_once_per_image": inference_macs(spec, trunk, teacher, student)["trunk"],
+    }
