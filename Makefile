@@ -7,7 +7,7 @@ MCUNET_VERSION ?= 0.1.1.post202206170200
 SHARED ?= $(abspath ../shared)
 export EDGE_RUNTIME_WEIGHTS_DIR ?= $(SHARED)/models/mcunet
 
-.PHONY: venv test lint serve demo bench clean
+.PHONY: venv test lint run demo bench clean
 
 # torch goes first and pinned, so nothing later can pull a CUDA build; mcunet without deps.
 $(BIN)/.stamp: pyproject.toml Makefile
@@ -27,7 +27,9 @@ test: venv
 lint: venv
 	$(BIN)/ruff check edge_runtime firmware_bridge benchmarks tests
 
-# The main job: train on one category and inspect one of its test images.
+# The main job. For now: train on one category and inspect one of its test images.
+run: demo
+
 demo: venv
 	$(BIN)/edge-runtime fit --data $(SHARED)/data --category bottle --out models/bottle --epochs 3 --max-images 64
 	$(BIN)/edge-runtime inspect $(SHARED)/data/bottle/test/broken_large/000.png --model models/bottle --out out/bottle_map.png

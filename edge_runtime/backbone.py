@@ -31,7 +31,7 @@ def build_mcunet(files: BackboneFiles | None = None, pretrained: bool = True) ->
     net = _network_class().build_from_config(config)
     if pretrained:
         state = torch.load(files.weights, map_location="cpu", weights_only=False)
-        net.load_state_dict(state["state_dict"] if "state_dict" in state else state)
+        net.load_state_dict(state.get("state_dict", state))
     return net.eval()
 
 

@@ -1,0 +1,87 @@
+import json
+import subprocess
+import sys
+
+import numpy as np
+import torch
+
+from edge_runtime import model_dir as md
+from edge_runtime.evaluation import evaluate
+from edge_runtime.inferencer import AnomalyInferencer
+from edge_runtime.torch_model import ModelSpec, build_parts
+from edge_runtime.training import StudentTrainer, TrainConfig, holdout_split
+
+
+def test_trained_maps_find_real_defects(bottle_model, data_root):
+    inferencer = AnomalyInferencer(bottle_model / md.MERGED, 256)
+    result = evaluate(inferencer, data_root, "bottle", limit_per_kind=4, with_aupro=False)
+    assert result["test_images"] == 16
+    assert result["pixel_auroc"] > 0.85, result
+    assert result["image_auroc"] > 0.7, result
+
+
+def test_model_dir_is_verified(bottle_model, tmp_path):
+    import shutil
+
+    manifest = md.read_manifest(bottle_model)
+    assert set(manifest.files) == {md.MERGED, md.STUDENT, md.TRUNK}
+    assert manifest.products["bottle"]["thresholds"]["image"] > 0
+    broken = tmp_path / "broken"
+    shutil.copytree(bottle_model, broken)
+    with open(broken / md.MERGED, "ab") as handle:
+        handle.write(b"x")
+    try:
+        md.read_manifest(broken)
+    except md.ModelDirError as exc:
+        assert "checksum" in str(exc)
+    else:
+        raise AssertionError("a tampered graph passed verification")
+
+
+def test_training_is_deterministic_under_a_seed(backbone_files):
+    rng = np.random.default_rng(1)
+    features = rng.standard_normal((10, 24, 32, 32)).astype(np.float32)
+    losses, weights = [], []
+    for _ in range(2):
+        _, teacher, student = build_parts(ModelSpec.paste(), backbone_files, seed=3)
+        seen: list[float] = []
+        trainer = StudentTrainer(teacher, student, TrainConfig(epochs=2, seed=3))
+        trainer.fit(features[:8], features[8:],
+                    on_progress=lambda p, seen=seen: seen.append(p.loss))
+        losses.append(seen)
+        weights.append(next(iter(student.parameters())).detach().clone())
+    assert losses[0] == losses[1] and len(losses[0]) == 2 * 1
+    assert torch.equal(weights[0], weights[1])
+
+
+def test_early_stopping_keeps_the_best_epoch(backbone_files):
+    rng = np.random.default_rng(0)
+    features = rng.standard_normal((16, 24, 32, 32)).astype(np.float32)
+    _, teacher, student = build_parts(ModelSpec.paste(), backbone_files, seed=0)
+    # a huge learning rate makes validation loss worse quickly: training must stop early
+    config = TrainConfig(epochs=12, lr=50.0, patience=2, seed=0)
+    result = StudentTrainer(teacher, student, config).fit(features[:12], features[12:])
+    assert result.epochs_run <= result.best_epoch + config.patience
+    assert result.best_val_loss == min(h["val_loss"] for h in result.history)
+
+
+def test_holdout_split_is_disjoint_and_stable():
+    train, held = holdout_split(20, 0.1, seed=5)
+    assert len(held) == 2 and not set(train) & set(held) and len(train) + len(held) == 20
+    assert np.array_equal(held, holdout_split(20, 0.1, seed=5)[1])
+
+
+def test_cli_inspect_writes_overlay_and_rejects_corrupt_input(bottle_model, data_root, tmp_path):
+    image = data_root / "bottle" / "test" / "broken_large" / "000.png"
+    out = tmp_path / "map.png"
+    cmd = [sys.executable, "-m", "edge_runtime.cli", "inspect", str(image),
+           "--model", str(bottle_model), "--out", str(out)]
+    done = subprocess.run(cmd, capture_output=True, text=True, check=True)
+    report = json.loads(done.stdout)
+    assert report["verdict"] in {"pass", "reject"} and out.read_bytes()[:4] == b"\x89PNG"
+    bad = tmp_path / "bad.png"
+    bad.write_bytes(b"garbage")
+    cmd[4] = str(bad)
+    failed = subprocess.run(cmd, capture_output=True, text=True)
+    assert failed.returncode == 2
+    assert "not a readable PNG or JPEG" in failed.stderr and "Traceback" not in failed.stderr
