@@ -1,0 +1,133 @@
+"""Continual training across products: fine-tuning, replay (any codec), joint training.
+
+Each product is a task. With replay, every step mixes a batch of the current product with
+a batch decoded from the store of earlier products; after a product is learned, its
+samples are encoded into the store. Avalanche-style split: the store decides *what* is
+kept (replay/store.py), this module decides *how* it is replayed.
+"""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import numpy as np
+
+from edge_runtime.engine import Engine
+from edge_runtime.preprocess import load_rgb
+from edge_runtime.replay.codecs import FEATURE_CODECS, make_codec
+from edge_runtime.replay.store import ReplayStore
+from edge_runtime.training import Progress, TrainConfig, TrainResult, holdout_split
+
+STRATEGIES = ("finetune", "joint", "replay")
+
+
+class StrategyError(ValueError):
+    """A strategy or codec that cannot work with this model."""
+
+
+class TrunkReplay:
+    """Raw-image replay for PaSTe: decoded images go through the ORT trunk, one batch at a
+    time, so the student sees the same trunk features as for live images."""
+
+    def __init__(self, store: ReplayStore, engine: Engine) -> None:
+        self.store, self.engine = store, engine
+
+    def __len__(self) -> int:
+        return len(self.store)
+
+    def sample(self, rng: np.random.Generator, count: int) -> np.ndarray:
+        return self.engine.trunk_runner().features(self.store.sample(rng, count))
+
+
+@dataclass
+class TaskData:
+    """One product's training images, split once into train and held-out normal images."""
+
+    product: str
+    images: list[Path]
+    train_index: np.ndarray
+    val_index: np.ndarray
+    features: np.ndarray | None = None  # trunk output of every image, computed once
+
+    @property
+    def val_images(self) -> list[Path]:
+        return [self.images[i] for i in self.val_index]
+
+
+@dataclass
+class ContinualTrainer:
+    engine: Engine
+    strategy: str = "replay"
+    codec: str = "uint8_channel"
+    store_dir: str | os.PathLike[str] | None = None
+    capacity: int = 100
+    config: TrainConfig = field(default_factory=TrainConfig)
+    codec_params: dict = field(default_factory=dict)
+    store: ReplayStore | None = field(init=False, default=None)
+    seen: list[TaskData] = field(init=False, default_factory=list)
+
+    def __post_init__(self) -> None:
+        if self.strategy not in STRATEGIES:
+            raise StrategyError(f"strategy must be one of {STRATEGIES}, got {self.strategy!r}")
+        if self.strategy != "replay":
+            return
+        if self.engine.spec.mode == "stfpm" and self.codec in FEATURE_CODECS:
+            raise StrategyError(
+                f"STFPM mode has no frozen trunk, so it can only replay raw images; codec "
+                f"{self.codec!r} stores trunk features (use codec 'image')"
+            )
+        if self.store_dir is None:
+            self.store_dir = self.engine.work_dir / "replay"
+        codec = make_codec(self.codec, **self.codec_params)
+        self.store = ReplayStore(self.store_dir, codec, self.capacity, self.config.seed)
+
+    def prepare(self, product: str, images: Sequence[str | os.PathLike[str]],
+                progress: Callable[[int, int], None] | None = None) -> TaskData:
+        images = [Path(i) for i in images]
+        train_idx, val_idx = holdout_split(len(images), self.config.val_fraction,
+                                           self.config.seed)
+        task = TaskData(product, images, train_idx, val_idx)
+        task.features = self.engine.features(images, progress)
+        return task
+
+    def _replay_source(self):
+        if self.store is None or len(self.store) == 0:
+            return None
+        if self.store.codec.input_kind == "image" and self.engine.spec.mode == "paste":
+            return TrunkReplay(self.store, self.engine)
+        return self.store
+
+    def learn(
+        self,
+        task: TaskData,
+        on_progress: Callable[[Progress], None] | None = None,
+        should_stop: Callable[[], bool] | None = None,
+    ) -> TrainResult:
+        """Train on one more product, then remember it (replay) or keep it (joint)."""
+        assert task.features is not None
+        tasks = [*[t for t in self.seen if t.product != task.product], task]
+        if self.strategy == "joint":
+            train = np.concatenate([t.features[t.train_index] for t in tasks])
+            val = np.concatenate([t.features[t.val_index] for t in tasks])
+        else:
+            train, val = task.features[task.train_index], task.features[task.val_index]
+        replay = self._replay_source() if self.strategy == "replay" else None
+        result = self.engine.train(train, val, self.config, replay, on_progress, should_stop)
+        if self.store is not None:
+            self.store.add(task.product, self._store_samples(task))
+        self.seen = tasks if self.strategy == "joint" else [*tasks[:-1], _light(task)]
+        return result
+
+    def _store_samples(self, task: TaskData) -> np.ndarray:
+        if self.store is not None and self.store.codec.input_kind == "image":
+            size = self.engine.spec.image_size
+            return np.stack([load_rgb(task.images[i], size) for i in task.train_index])
+        return task.features[task.train_index]
+
+
+def _light(task: TaskData) -> TaskData:
+    """Forget a learned product's features: only joint training may keep them in RAM."""
+    return TaskData(task.product, task.images, task.train_index, task.val_index, None)
