@@ -107,12 +107,14 @@ def calibrate_product(
     directory: str | os.PathLike[str],
     normal_images: Sequence[str | os.PathLike[str]],
     threads: int = 0,
+    inferencer: AnomalyInferencer | None = None,
 ) -> dict:
     """Thresholds from held-out normal images only: nobody has defect labels on day one."""
-    manifest = md.read_manifest(directory)
-    inferencer = AnomalyInferencer(
-        Path(directory) / md.MERGED, manifest.spec["image_size"], threads
-    )
+    if inferencer is None:
+        manifest = md.read_manifest(directory)
+        inferencer = AnomalyInferencer(
+            Path(directory) / md.MERGED, manifest.spec["image_size"], threads
+        )
     results = inferencer.inspect_many(list(normal_images))
     maps = np.stack([r.anomaly_map for r in results])
     return calibrate(maps, np.array([r.score for r in results])).to_dict()

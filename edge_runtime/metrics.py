@@ -44,28 +44,60 @@ def f1_at(labels: np.ndarray, scores: np.ndarray, threshold: float) -> float:
     return float(2 * tp / denominator) if denominator else float("nan")
 
 
-def aupro(masks: np.ndarray, maps: np.ndarray, fpr_limit: float = 0.3, steps: int = 200) -> float:
+def aupro(masks: np.ndarray, maps: np.ndarray, fpr_limit: float = 0.3) -> float:
     """Area under the per-region-overlap curve up to ``fpr_limit``, divided by it.
 
-    Each connected ground-truth region weighs the same, whatever its size.
+    Exact curve from one sort of all pixels: each connected ground-truth region weighs the
+    same whatever its size; tied scores form one point; the curve is interpolated
+    linearly at ``fpr_limit``.
     """
     masks = np.asarray(masks).astype(bool)
-    maps = np.asarray(maps, dtype=np.float64)
-    region_maps = []
+    labelled = np.zeros(masks.shape, dtype=np.int64)
+    regions = 0
     for index, mask in enumerate(masks):
-        labelled, count = ndimage.label(mask)
-        region_maps += [maps[index][labelled == k] for k in range(1, count + 1)]
-    normal = maps[~masks]
-    if not region_maps:
+        found, count = ndimage.label(mask)
+        labelled[index] = np.where(found > 0, found + regions, 0)
+        regions += count
+    normal_count = int(np.count_nonzero(~masks))
+    if regions == 0 or normal_count == 0:
         return float("nan")
-    if normal.size == 0:
-        return float("nan")
-    # thresholds spaced by normal-pixel quantiles cover FPR in [0, fpr_limit] evenly
-    thresholds = np.quantile(normal, 1.0 - np.linspace(0.0, fpr_limit, steps))
-    fprs = np.array([np.count_nonzero(normal > t) / normal.size for t in thresholds])
-    pros = np.array([np.mean([np.mean(r > t) for r in region_maps]) for t in thresholds])
-    order = np.argsort(fprs)
-    fprs, pros = fprs[order], pros[order]
-    fprs = np.clip(fprs, 0.0, fpr_limit)
-    area = np.trapezoid(pros, fprs) if hasattr(np, "trapezoid") else np.trapz(pros, fprs)
-    return float(area / fpr_limit)
+    labels = labelled.ravel()
+    values = np.asarray(maps, dtype=np.float32).ravel()
+    sizes = np.bincount(labels, minlength=regions + 1).astype(np.float64)
+    # only pixels above the score where FPR passes the limit shape the curve up to it
+    floor = np.partition(values[labels == 0], int((1 - fpr_limit - 0.01) * normal_count))
+    keep = values >= floor[int((1 - fpr_limit - 0.01) * normal_count)]
+    labels, values = labels[keep], values[keep]
+    weights = np.where(labels > 0, 1.0 / (regions * sizes[labels]), 0.0)
+    order = np.argsort(-values, kind="stable")
+    scores = values[order]
+    fpr = np.cumsum(labels[order] == 0) / normal_count
+    pro = np.cumsum(weights[order])
+    last_of_tie = np.r_[scores[1:] != scores[:-1], True]
+    fpr = np.r_[0.0, fpr[last_of_tie], 1.0]
+    pro = np.r_[0.0, pro[last_of_tie], 1.0]
+    cut = int(np.searchsorted(fpr, fpr_limit, side="right"))
+    if cut < len(fpr):
+        pro_at_limit = np.interp(fpr_limit, fpr[cut - 1 : cut + 1], pro[cut - 1 : cut + 1])
+        fpr = np.r_[fpr[:cut], fpr_limit]
+        pro = np.r_[pro[:cut], pro_at_limit]
+    area = float(np.sum((fpr[1:] - fpr[:-1]) * (pro[1:] + pro[:-1]) / 2))
+    return area / fpr_limit
+
+
+def average_forgetting(matrix: list[list[float]]) -> float:
+    """Relative forgetting on a metric (pixel F1 in the papers).
+
+    ``matrix[l][j]`` is the metric on task j after learning task l (j <= l). For each
+    earlier task j: the largest relative drop max(0, 1 - final / matrix[l][j]) over the
+    steps l >= j before the last; averaged over j < T.
+    """
+    last = len(matrix) - 1
+    if last < 1:
+        return 0.0
+    drops = []
+    for j in range(last):
+        earlier = [matrix[s][j] for s in range(j, last) if matrix[s][j] > 0]
+        final = matrix[last][j]
+        drops.append(max((max(0.0, 1.0 - final / e) for e in earlier), default=0.0))
+    return float(np.mean(drops))

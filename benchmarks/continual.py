@@ -1,0 +1,310 @@
+"""Continual-learning benchmark on MVTec-layout data (the structure of Table 2 of
+clad-edge-compressed-replay-paste.md).
+
+Tasks are the categories in order. Each run (MODEL/STRATEGY) executes in its own child
+process, so its peak RSS is its own, and writes ``<out>/runs/<model>_<strategy>.json``
+after every task together with a checkpoint (student weights + replay store): an
+interrupted run resumes from its last finished task, and runs started by separate
+invocations merge into one table (``results.json``, ``results.md``, ``pixel_f1.png``).
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+from _common import REPO, SHARED, emit_json, peak_rss_mb
+
+PASTE_STRATEGIES = ["joint", "finetune", "replay_image", "replay_fp32", "replay_fp16",
+                    "replay_uint8_map", "replay_uint8_channel", "replay_pq", "replay_pca"]
+STFPM_STRATEGIES = ["joint", "finetune", "replay_image"]
+METRICS = ["pixel_f1", "pixel_auroc", "pixel_ap", "aupro", "image_auroc", "image_f1",
+           "operational_pixel_f1", "operational_image_f1"]
+
+
+def all_runs(strategies: list[str] | None, models: list[str]) -> list[str]:
+    runs = []
+    for model in models:
+        allowed = PASTE_STRATEGIES if model == "paste" else STFPM_STRATEGIES
+        runs += [f"{model}/{s}" for s in allowed if strategies is None or s in strategies]
+    return runs
+
+
+# ---------------------------------------------------------------- one run (child process)
+def run_one(run: str, args: argparse.Namespace) -> None:
+    import numpy as np
+    import torch
+    from tqdm import tqdm
+
+    from edge_runtime import model_dir as md
+    from edge_runtime.atomic import atomic_path, atomic_write_bytes
+    from edge_runtime.continual import ContinualTrainer
+    from edge_runtime.dataset import train_images
+    from edge_runtime.engine import Engine, calibrate_product
+    from edge_runtime.evaluation import evaluate
+    from edge_runtime.inferencer import AnomalyInferencer
+    from edge_runtime.macs import inference_macs, training_step_macs
+    from edge_runtime.torch_model import ModelSpec
+    from edge_runtime.training import TrainConfig
+
+    model, strategy = run.split("/")
+    out = args.out / "runs"
+    state_path = out / f"{model}_{strategy}.json"
+    ckpt = out / f"{model}_{strategy}.ckpt"
+    ckpt.mkdir(parents=True, exist_ok=True)
+    state = json.loads(state_path.read_text()) if state_path.exists() else None
+    if state and state.get("settings") != _settings(args):
+        raise SystemExit(f"{state_path} was made with other settings; use another --out")
+    state = state or {"run": run, "settings": _settings(args), "tasks": [], "matrix": [],
+                      "train_seconds": [], "peak_rss_mb": 0.0}
+    spec = ModelSpec.paste() if model == "paste" else ModelSpec.stfpm()
+    config = TrainConfig(epochs=args.epochs, seed=args.seed)
+    engine = Engine(spec, seed=args.seed, threads=args.threads, work_dir=ckpt)
+    kind, codec = ("replay", strategy.removeprefix("replay_")) \
+        if strategy.startswith("replay_") else (strategy, "fp32")
+    trainer = ContinualTrainer(engine, kind, codec, ckpt / "store", args.replay_samples, config)
+    done = len(state["tasks"])
+    if done and (ckpt / md.STUDENT).exists():
+        engine.student.load_state_dict(torch.load(ckpt / md.STUDENT, weights_only=True))
+    categories = args.categories
+    tasks = {}
+
+    def prepare(category: str):
+        if category not in tasks:
+            images = train_images(args.data, category, args.max_train_images)
+            with tqdm(total=len(images), desc=f"{run} trunk {category}", leave=False) as bar:
+                tasks[category] = trainer.prepare(
+                    category, images, lambda d, t: bar.update(d - bar.n))
+        return tasks[category]
+
+    for step in range(done, len(categories)):
+        if strategy == "joint" and step < len(categories) - 1:
+            state["tasks"].append(categories[step])  # joint learns everything at the end
+            state["matrix"].append(None)
+            state["train_seconds"].append(0.0)
+            continue
+        task = prepare(categories[step])
+        if strategy == "joint":
+            trainer.seen = [prepare(c) for c in categories[:step]]
+        with tqdm(desc=f"{run} task {step + 1}/{len(categories)} {task.product}",
+                  unit="step", leave=False) as bar:
+            def progress(p, bar=bar):
+                bar.total = p.epochs * p.steps
+                bar.n = (p.epoch - 1) * p.steps + p.step
+                bar.set_postfix(loss=f"{p.loss:.3f}")
+            started = time.perf_counter()
+            trainer.learn(task, on_progress=progress)
+            seconds = time.perf_counter() - started
+        model_path = engine.save(ckpt / "model")
+        row = []
+        inferencer = AnomalyInferencer(model_path / md.MERGED, spec.image_size, args.threads)
+        for category in categories[: step + 1]:
+            seen = prepare(category) if category == task.product else tasks.get(category)
+            val = seen.val_images if seen else _val_images(trainer, args, category)
+            thresholds = calibrate_product(model_path, val, inferencer=inferencer)
+            with tqdm(desc=f"{run} eval {category}", unit="img", leave=False) as bar:
+                scores = evaluate(inferencer, args.data, category, args.max_test_images,
+                                  thresholds, lambda d, t, bar=bar: bar.update(d - bar.n))
+            row.append({k: scores[k] for k in METRICS})
+        with atomic_path(ckpt / md.STUDENT) as tmp:
+            torch.save(engine.student.state_dict(), tmp)
+        state["tasks"].append(task.product)
+        state["matrix"].append(row)
+        state["train_seconds"].append(round(seconds, 2))
+        state["peak_rss_mb"] = max(state["peak_rss_mb"], round(peak_rss_mb(), 1))
+        state["resources"] = _resources(engine, trainer, spec, model_path, args,
+                                        inference_macs, training_step_macs, np)
+        atomic_write_bytes(state_path, json.dumps(state, indent=1).encode())
+        tasks.pop(task.product, None) if strategy != "joint" else None
+
+
+def _val_images(trainer, args, category):
+    from edge_runtime.dataset import train_images
+    from edge_runtime.training import holdout_split
+
+    images = train_images(args.data, category, args.max_train_images)
+    _, val = holdout_split(len(images), trainer.config.val_fraction, trainer.config.seed)
+    return [images[i] for i in val]
+
+
+def _resources(engine, trainer, spec, model_path, args, inference_macs, training_step_macs,
+               np) -> dict:
+    from edge_runtime import model_dir as md
+    from edge_runtime.inferencer import AnomalyInferencer
+
+    params = sum(p.numel() for m in (engine.trunk, engine.teacher, engine.student)
+                 for p in m.parameters())
+    inferencer = AnomalyInferencer(model_path / md.MERGED, spec.image_size, args.threads)
+    image = np.zeros((1, 3, spec.image_size, spec.image_size), np.float32)
+    for _ in range(3):
+        inferencer.forward(image)
+    times = []
+    for _ in range(20):
+        start = time.perf_counter()
+        inferencer.forward(image)
+        times.append(time.perf_counter() - start)
+    store = trainer.store.accounting() if trainer.store else None
+    return {
+        "architecture_memory_mb": round(params * 4 / 2**20, 3),
+        "additional_memory_bytes": (store["payload_bytes"] + store["metadata_bytes"])
+        if store else 0,
+        "replay_store": store,
+        "inference_macs": inference_macs(spec, engine.trunk, engine.teacher,
+                                         engine.student)["total"],
+        "training_macs_per_step": training_step_macs(
+            spec, engine.trunk, engine.teacher, engine.student,
+            trainer.config.batch_size + (trainer.config.replay_batch_size if store else 0),
+        )["per_step"],
+        "inference_ms": round(float(np.median(times)) * 1000, 3),
+    }
+
+
+def _settings(args) -> dict:
+    return {"data": str(args.data), "categories": args.categories, "epochs": args.epochs,
+            "max_train_images": args.max_train_images, "max_test_images": args.max_test_images,
+            "replay_samples": args.replay_samples, "seed": args.seed}
+
+
+# ---------------------------------------------------------------- summary (parent)
+def summarise(state: dict) -> dict | None:
+    import numpy as np
+
+    from edge_runtime.metrics import average_forgetting
+
+    categories = state["settings"]["categories"]
+    if len(state["tasks"]) < len(categories) or state["matrix"][-1] is None:
+        return None
+    final = state["matrix"][-1]
+    out = {k: float(np.nanmean([row[k] for row in final])) for k in METRICS}
+    rows = state["matrix"]
+    f1 = [[r["pixel_f1"] for r in row] if row else None for row in rows]
+    complete = all(row is not None for row in f1)
+    out["forgetting"] = average_forgetting(f1) if complete else None
+    out["pixel_f1_per_step"] = [float(np.mean(r)) if r else None for r in f1]
+    res = state.get("resources", {})
+    out |= {"additional_memory_bytes": res.get("additional_memory_bytes"),
+            "train_seconds": float(sum(state["train_seconds"])),
+            "peak_rss_mb": state["peak_rss_mb"],
+            "architecture_memory_mb": res.get("architecture_memory_mb"),
+            "inference_macs": res.get("inference_macs"),
+            "training_macs_per_step": res.get("training_macs_per_step"),
+            "inference_ms": res.get("inference_ms"),
+            "train_seconds_per_task": state["train_seconds"]}
+    return out
+
+
+def write_reports(out: Path, runs: dict[str, dict]) -> None:
+    from edge_runtime.atomic import atomic_write_bytes
+
+    atomic_write_bytes(out / "results.json", json.dumps(runs, indent=1).encode())
+    joint = {m: runs.get(f"{m}/joint", {}).get("pixel_f1") for m in ("paste", "stfpm")}
+    head = ("| run | pixel F1 | op. pixel F1 | pixel AUROC | pixel AP | AU-PRO | image AUROC "
+            "| image F1 | forgetting | gap to JT (pixel F1) | add. memory MB | arch. MB "
+            "| inf. MMACs | train MMACs/step | train s | peak RSS MB | inf. ms |")
+    lines = [head, "|" + "---|" * (head.count("|") - 1)]
+
+    def f(value, digits=3):
+        return "-" if value is None else f"{value:.{digits}f}"
+
+    for name, r in runs.items():
+        model = name.split("/")[0]
+        gap = None if joint[model] is None else r["pixel_f1"] - joint[model]
+        lines.append(
+            f"| {name} | {f(r['pixel_f1'])} | {f(r['operational_pixel_f1'])} "
+            f"| {f(r['pixel_auroc'])} | {f(r['pixel_ap'])} | {f(r['aupro'])} "
+            f"| {f(r['image_auroc'])} | {f(r['image_f1'])} | {f(r['forgetting'])} | {f(gap)} "
+            f"| {f((r['additional_memory_bytes'] or 0) / 1e6, 2)} "
+            f"| {f(r['architecture_memory_mb'])} | {f((r['inference_macs'] or 0) / 1e6, 1)} "
+            f"| {f((r['training_macs_per_step'] or 0) / 1e6, 0)} | {f(r['train_seconds'], 0)} "
+            f"| {f(r['peak_rss_mb'], 0)} | {f(r['inference_ms'], 2)} |")
+    table = "\n".join(lines) + "\n"
+    atomic_write_bytes(out / "results.md", table.encode())
+    print(table)
+    _plot(out, runs)
+
+
+def _plot(out: Path, runs: dict[str, dict]) -> None:
+    try:
+        import matplotlib
+
+        matplotlib.use("Agg")
+        import matplotlib.pyplot as plt
+    except ImportError:
+        print("matplotlib missing: no plot (pip install matplotlib)")
+        return
+    fig, ax = plt.subplots(figsize=(7, 4.5))
+    for name, r in runs.items():
+        points = [(i + 1, v) for i, v in enumerate(r["pixel_f1_per_step"]) if v is not None]
+        xs, ys = zip(*points, strict=True)
+        ax.plot(xs, ys, marker="o" if len(xs) > 1 else "*", label=name)
+    ax.set_xlabel("tasks learned")
+    ax.set_ylabel("pixel F1 (mean over tasks seen)")
+    ax.set_xticks(range(1, max(len(r["pixel_f1_per_step"]) for r in runs.values()) + 1))
+    ax.legend(fontsize=7, ncol=2)
+    ax.grid(alpha=0.3)
+    fig.tight_layout()
+    fig.savefig(out / "pixel_f1.png", dpi=120)
+    plt.close(fig)
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__)
+    parser.add_argument("--data", type=Path, default=SHARED / "data")
+    parser.add_argument("--categories", default=None, help="comma-separated, in task order")
+    parser.add_argument("--strategies", default=None, help="comma-separated (default all)")
+    parser.add_argument("--models", default="paste,stfpm")
+    parser.add_argument("--epochs", type=int, default=10)
+    parser.add_argument("--max-train-images", type=int, default=None)
+    parser.add_argument("--max-test-images", type=int, default=None, help="per defect kind")
+    parser.add_argument("--replay-samples", type=int, default=100)
+    parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--threads", type=int, default=0)
+    parser.add_argument("--out", type=Path, default=REPO / "runs" / "continual")
+    parser.add_argument("--quick", action="store_true",
+                        help="16 train images, 1 epoch, 3 test images per kind")
+    parser.add_argument("--run-one", default=None, help=argparse.SUPPRESS)
+    args = parser.parse_args()
+    from edge_runtime.dataset import list_categories
+
+    args.categories = args.categories.split(",") if args.categories else \
+        list_categories(args.data)
+    if args.quick:
+        args.epochs, args.max_train_images = 1, args.max_train_images or 16
+        args.max_test_images = args.max_test_images or 3
+        if args.out == REPO / "runs" / "continual":
+            args.out = REPO / "runs" / "continual-quick"
+    if args.run_one:
+        run_one(args.run_one, args)
+        return
+    strategies = args.strategies.split(",") if args.strategies else None
+    runs = all_runs(strategies, args.models.split(","))
+    if not runs:
+        raise SystemExit("no runs match --models/--strategies")
+    child_args = [a for a in sys.argv[1:]]
+    env = os.environ | {"PYTHONPATH": str(REPO)}
+    for run in runs:
+        print(f"== {run}", flush=True)
+        done = subprocess.run([sys.executable, __file__, *child_args, "--run-one", run],
+                              env=env)
+        if done.returncode:
+            raise SystemExit(f"run {run} failed (exit {done.returncode}); rerun to resume")
+    results = {}
+    for path in sorted((args.out / "runs").glob("*.json")):
+        summary = summarise(json.loads(path.read_text()))
+        if summary:
+            results[json.loads(path.read_text())["run"]] = summary
+    ordered = {r: results[r] for r in all_runs(None, ["paste", "stfpm"]) if r in results}
+    write_reports(args.out, ordered)
+    emit_json({"runs": {name: {k: r[k] for k in (
+        "pixel_f1", "pixel_auroc", "pixel_ap", "aupro", "image_auroc", "image_f1",
+        "operational_pixel_f1", "forgetting", "additional_memory_bytes", "train_seconds",
+        "peak_rss_mb")} for name, r in ordered.items()}})
+
+
+if __name__ == "__main__":
+    main()
