@@ -1,0 +1,43 @@
+import json
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+REPO = Path(__file__).resolve().parents[1]
+KEYS = {"pixel_f1", "pixel_auroc", "pixel_ap", "aupro", "image_auroc", "image_f1",
+        "operational_pixel_f1", "forgetting", "additional_memory_bytes", "train_seconds",
+        "peak_rss_mb"}
+
+
+def _run(out: Path, data_root: Path, strategies: str) -> tuple[dict, float]:
+    """Run the quick benchmark; return its last JSON line and the wall time."""
+    cmd = [sys.executable, str(REPO / "benchmarks" / "continual.py"), "--quick",
+           "--data", str(data_root), "--categories", "bottle,transistor",
+           "--models", "paste,stfpm", "--strategies", strategies,
+           "--max-test-images", "2", "--out", str(out)]
+    started = time.perf_counter()
+    done = subprocess.run(cmd, capture_output=True, text=True, check=True)
+    return json.loads(done.stdout.strip().splitlines()[-1]), time.perf_counter() - started
+
+
+def test_quick_benchmark_end_to_end_resumes_and_merges(tmp_path, data_root):
+    first, _ = _run(tmp_path, data_root, "finetune,replay_uint8_channel")
+    assert set(first["runs"]) == {"paste/finetune", "paste/replay_uint8_channel",
+                                  "stfpm/finetune"}
+    for figures in first["runs"].values():
+        assert set(figures) >= KEYS
+        assert 0.0 <= figures["pixel_auroc"] <= 1.0
+    assert first["runs"]["paste/finetune"]["additional_memory_bytes"] == 0
+    replay_bytes = first["runs"]["paste/replay_uint8_channel"]["additional_memory_bytes"]
+    assert replay_bytes >= 14 * 24 * 32 * 32  # one task's train split, 8-bit, plus scales
+    # a second invocation with another strategy merges; finished runs are not redone
+    finished = (tmp_path / "runs" / "paste_finetune.json").stat().st_mtime_ns
+    second, _ = _run(tmp_path, data_root, "finetune,replay_image")
+    assert (tmp_path / "runs" / "paste_finetune.json").stat().st_mtime_ns == finished
+    assert {"paste/finetune", "paste/replay_image", "stfpm/replay_image"} <= set(second["runs"])
+    state = json.loads((tmp_path / "runs" / "paste_finetune.json").read_text())
+    assert state["tasks"] == ["bottle", "transistor"] and len(state["matrix"][1]) == 2
+    table = (tmp_path / "results.md").read_text()
+    assert "paste/replay_image" in table and "paste/finetune" in table
+    assert (tmp_path / "pixel_f1.png").read_bytes()[:4] == b"\x89PNG"
