@@ -42,7 +42,9 @@ def _open(source: bytes | str | os.PathLike[str]) -> Image.Image:
         raise
     except FileNotFoundError as exc:
         raise ImageError(f"{name}: no such file") from exc
-    except (UnidentifiedImageError, OSError, SyntaxError, ValueError, Warning) as exc:
+    except UnidentifiedImageError as exc:
+        raise ImageError(f"{name}: not a readable PNG or JPEG image") from exc
+    except (OSError, SyntaxError, ValueError, Warning) as exc:
         raise ImageError(f"{name}: not a readable PNG or JPEG image ({exc})") from exc
     return image
 

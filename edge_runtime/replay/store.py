@@ -23,9 +23,9 @@ from zlib import crc32
 import numpy as np
 
 from edge_runtime.atomic import atomic_path, atomic_write_bytes, sha256_file
+from edge_runtime.replay.accounting import MANIFEST, summarise
 from edge_runtime.replay.codecs import Codec, Encoded, make_codec
 
-MANIFEST = "store.json"
 FORMAT_VERSION = 1
 
 
@@ -198,17 +198,8 @@ class ReplayStore:
 
     def accounting(self) -> dict:
         """Exact bytes: payload (the samples) and metadata (scales, codebooks) apart."""
-        per_product = {g.product: {"samples": g.count, "payload_bytes": g.payload_bytes,
-                                   "metadata_bytes": g.metadata_bytes} for g in self.groups}
-        return {
-            "codec": self.codec.name,
-            "codec_params": self.codec.params(),
-            "capacity": self.capacity,
-            "samples": len(self),
-            "payload_bytes": sum(g.payload_bytes for g in self.groups),
-            "metadata_bytes": sum(g.metadata_bytes for g in self.groups),
-            "products": per_product,
-        }
+        codec = {"name": self.codec.name, "params": self.codec.params()}
+        return summarise(codec, self.capacity, [asdict(g) for g in self.groups])
 
     # ---- writing -----------------------------------------------------------------------
     def _order(self, product: str, count: int) -> np.ndarray:

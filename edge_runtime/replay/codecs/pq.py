@@ -11,7 +11,6 @@ from __future__ import annotations
 import io
 
 import numpy as np
-from sklearn.cluster import KMeans
 
 from edge_runtime.replay.codecs.base import Codec, Encoded
 
@@ -37,6 +36,8 @@ class PQCodec(Codec):
         return vectors.reshape(len(vectors), self.num_subvectors, -1)
 
     def encode(self, samples: np.ndarray) -> Encoded:
+        from sklearn.cluster import KMeans  # heavy; only the training worker encodes
+
         n = len(samples)
         pieces = self._vectors(samples.astype(np.float32))
         rng = np.random.default_rng(self.seed)

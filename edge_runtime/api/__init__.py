@@ -1,0 +1,1 @@
+"""HTTP API: endpoints -> services -> repositories -> SQLite."""

@@ -1,0 +1,26 @@
+"""``edge-runtime serve``: settings, the app, uvicorn, and systemd notifications."""
+
+from __future__ import annotations
+
+import logging
+import sys
+
+import uvicorn
+
+from edge_runtime.settings import SettingsError, load_settings
+
+
+def serve(config: str | None, data_dir: str | None, host: str | None, port: int | None) -> int:
+    logging.basicConfig(level=logging.INFO, format="%(levelname)s %(name)s: %(message)s")
+    try:
+        settings = load_settings(config, data_dir=data_dir, host=host, port=port)
+    except SettingsError as exc:
+        print(f"edge-runtime: configuration error: {exc}", file=sys.stderr)
+        return 2
+    from edge_runtime.api.app import create_app
+    from edge_runtime.systemd import Notifier
+
+    app = create_app(settings, notifier=Notifier.from_environment())
+    uvicorn.run(app, host=settings.api.host, port=settings.api.port, log_level="info",
+                access_log=False)
+    return 0

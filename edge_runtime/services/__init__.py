@@ -1,0 +1,1 @@
+"""Business logic of the daemon, between the HTTP endpoints and the repositories."""

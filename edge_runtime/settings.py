@@ -1,0 +1,180 @@
+"""One Settings object from one TOML file, with EDGE_RUNTIME_<SECTION>_<KEY> overrides,
+validated at start-up with a message that names the offending key."""
+
+from __future__ import annotations
+
+import ipaddress
+import os
+import tomllib
+from dataclasses import dataclass, field, fields, replace
+from pathlib import Path
+from typing import Any
+
+ENV_PREFIX = "EDGE_RUNTIME_"
+
+
+class SettingsError(ValueError):
+    """The configuration cannot run; the message says which key and why."""
+
+
+@dataclass(frozen=True)
+class ApiSettings:
+    host: str = "127.0.0.1"
+    port: int = 8765
+    token: str = ""  # bearer token for mutating endpoints; required off loopback
+    max_upload_mb: float = 10.0
+
+
+@dataclass(frozen=True)
+class ModelSettings:
+    weights_dir: str = ""  # empty: EDGE_RUNTIME_WEIGHTS_DIR, then ~/.torch/mcunet, then download
+    threads: int = 0  # ORT intra-op threads for inspections; 0 = one per core
+    spinning: bool = False
+
+
+@dataclass(frozen=True)
+class TrainingSettings:
+    epochs: int = 10
+    codec: str = "uint8_channel"  # replay codec of trunk features
+    replay_samples: int = 100
+    min_captures: int = 4
+    max_images: int = 200
+    threads: int = 1  # torch threads of the worker: leave a core for inspections
+    seed: int = 0
+
+
+@dataclass(frozen=True)
+class CameraSettings:
+    kind: str = "none"  # none | directory | picamera2
+    directory: str = ""
+
+
+@dataclass(frozen=True)
+class InspectionSettings:
+    keep_recent_maps: int = 32  # anomaly maps kept in RAM for GET .../map.png
+
+
+@dataclass(frozen=True)
+class Settings:
+    data_dir: str = "~/.local/share/edge-runtime"
+    api: ApiSettings = field(default_factory=ApiSettings)
+    model: ModelSettings = field(default_factory=ModelSettings)
+    training: TrainingSettings = field(default_factory=TrainingSettings)
+    camera: CameraSettings = field(default_factory=CameraSettings)
+    inspection: InspectionSettings = field(default_factory=InspectionSettings)
+
+    @property
+    def data_path(self) -> Path:
+        return Path(self.data_dir).expanduser()
+
+    @property
+    def is_loopback(self) -> bool:
+        if self.api.host == "localhost":
+            return True
+        try:
+            return ipaddress.ip_address(self.api.host).is_loopback
+        except ValueError:
+            return False
+
+
+def _coerce(value: Any, target: Any, key: str) -> Any:
+    kind = type(target)
+    if isinstance(value, str) and kind is not str:
+        if kind is bool:
+            if value.lower() not in ("1", "0", "true", "false", "yes", "no"):
+                raise SettingsError(f"{key}: expected true/false, got {value!r}")
+            return value.lower() in ("1", "true", "yes")
+        try:
+            return kind(value)
+        except ValueError as exc:
+            raise SettingsError(f"{key}: expected {kind.__name__}, got {value!r}") from exc
+    if kind is float and isinstance(value, int) and not isinstance(value, bool):
+        return float(value)
+    if not isinstance(value, kind) or (kind is int and isinstance(value, bool)):
+        raise SettingsError(f"{key}: expected {kind.__name__}, got {value!r}")
+    return value
+
+
+def _apply(section: Any, values: dict, prefix: str) -> Any:
+    known = {f.name: f for f in fields(section)}
+    changes = {}
+    for key, value in values.items():
+        if key not in known:
+            raise SettingsError(f"unknown setting {prefix}{key}")
+        current = getattr(section, key)
+        if hasattr(current, "__dataclass_fields__"):
+            if not isinstance(value, dict):
+                raise SettingsError(f"{prefix}{key} must be a table")
+            changes[key] = _apply(current, value, f"{prefix}{key}.")
+        else:
+            changes[key] = _coerce(value, current, f"{prefix}{key}")
+    return replace(section, **changes)
+
+
+def _env_overrides(environ: dict[str, str]) -> dict:
+    """EDGE_RUNTIME_API_PORT=9000 -> {"api": {"port": "9000"}}; EDGE_RUNTIME_DATA_DIR too."""
+    out: dict = {}
+    sections = {f.name for f in fields(Settings) if f.name != "data_dir"}
+    for name, value in environ.items():
+        if not name.startswith(ENV_PREFIX) or name == "EDGE_RUNTIME_WEIGHTS_DIR":
+            continue
+        key = name[len(ENV_PREFIX):].lower()
+        if key == "data_dir":
+            out["data_dir"] = value
+            continue
+        section, _, rest = key.partition("_")
+        if section in sections and rest:
+            out.setdefault(section, {})[rest] = value
+    return out
+
+
+def validate(settings: Settings) -> Settings:
+    from edge_runtime.replay.codecs import FEATURE_CODECS
+
+    checks = [
+        (1 <= settings.api.port <= 65535, "api.port must be 1..65535"),
+        (settings.api.max_upload_mb > 0, "api.max_upload_mb must be positive"),
+        (settings.model.threads >= 0, "model.threads must be >= 0"),
+        (settings.training.epochs >= 1, "training.epochs must be >= 1"),
+        (settings.training.codec in FEATURE_CODECS,
+         f"training.codec must be one of {', '.join(FEATURE_CODECS)}"),
+        (settings.training.replay_samples >= 1, "training.replay_samples must be >= 1"),
+        (settings.training.min_captures >= 2, "training.min_captures must be >= 2"),
+        (settings.camera.kind in ("none", "directory", "picamera2"),
+         "camera.kind must be none, directory or picamera2"),
+        (settings.camera.kind != "directory" or bool(settings.camera.directory),
+         "camera.directory is required when camera.kind = directory"),
+        (settings.inspection.keep_recent_maps >= 0, "inspection.keep_recent_maps must be >= 0"),
+        (settings.is_loopback or len(settings.api.token) >= 16,
+         f"api.host is {settings.api.host} (not loopback): set api.token (16+ characters) "
+         "so mutating endpoints need a bearer token"),
+    ]
+    for ok, message in checks:
+        if not ok:
+            raise SettingsError(message)
+    return settings
+
+
+def load_settings(
+    path: str | os.PathLike[str] | None = None,
+    environ: dict[str, str] | None = None,
+    **overrides: Any,
+) -> Settings:
+    """Embedded defaults <- TOML file <- environment <- explicit overrides (CLI flags)."""
+    settings = Settings()
+    if path:
+        try:
+            data = tomllib.loads(Path(path).read_text())
+        except FileNotFoundError as exc:
+            raise SettingsError(f"config file {path} does not exist") from exc
+        except tomllib.TOMLDecodeError as exc:
+            raise SettingsError(f"config file {path} is not valid TOML: {exc}") from exc
+        settings = _apply(settings, data, "")
+    environ = dict(os.environ if environ is None else environ)
+    settings = _apply(settings, _env_overrides(environ), "")
+    api = {k: v for k, v in overrides.items() if k in ("host", "port") and v is not None}
+    if api:
+        settings = replace(settings, api=_apply(settings.api, api, "api."))
+    if overrides.get("data_dir"):
+        settings = replace(settings, data_dir=str(overrides["data_dir"]))
+    return validate(settings)

@@ -1,0 +1,1 @@
+"""Long jobs that run in their own process (they import torch; the API process never does)."""
