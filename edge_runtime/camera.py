@@ -17,6 +17,10 @@ class CameraError(RuntimeError):
     """The camera could not deliver a frame."""
 
 
+class CameraNotConfiguredError(CameraError):
+    """Frames were asked of a daemon that has no camera (a client error, HTTP 409)."""
+
+
 class Camera(Protocol):
     name: str
 
@@ -29,7 +33,8 @@ class NoCamera:
     name = "none"
 
     def capture(self) -> bytes:
-        raise CameraError("no camera is configured (camera.kind = none); upload images instead")
+        raise CameraNotConfiguredError(
+            "no camera is configured (camera.kind = none); upload images instead")
 
 
 class DirectoryCamera:

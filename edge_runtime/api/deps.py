@@ -8,6 +8,7 @@ from pathlib import Path
 from typing import Annotated
 
 from fastapi import Depends, HTTPException, Request
+from fastapi import Path as PathParam
 
 from edge_runtime import repositories as repo
 from edge_runtime.camera import Camera
@@ -60,7 +61,13 @@ def require_token(request: Request, runtime: RuntimeDep) -> None:
 Mutating = Depends(require_token)
 
 
-def get_product_or_404(product_id: int, runtime: RuntimeDep) -> dict:
+SQLITE_MAX_ID = 2**63 - 1
+ProductId = Annotated[int, PathParam(ge=1, le=SQLITE_MAX_ID)]
+JobId = Annotated[int, PathParam(ge=1, le=SQLITE_MAX_ID)]
+InspectionId = Annotated[int, PathParam(ge=1, le=SQLITE_MAX_ID)]
+
+
+def get_product_or_404(product_id: ProductId, runtime: RuntimeDep) -> dict:
     with runtime.db.connect(write=False) as conn:
         product = repo.get_product(conn, product_id)
     if product is None:

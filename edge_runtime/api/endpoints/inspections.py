@@ -10,7 +10,7 @@ from fastapi import APIRouter, File, Form, HTTPException, UploadFile
 from fastapi.responses import Response
 
 from edge_runtime import repositories as repo
-from edge_runtime.api.deps import Mutating, RuntimeDep
+from edge_runtime.api.deps import InspectionId, Mutating, RuntimeDep
 from edge_runtime.api.schemas import InspectionOut
 from edge_runtime.api.uploads import read_upload
 from edge_runtime.overlay import map_png16 as encode_png16
@@ -21,7 +21,8 @@ router = APIRouter(tags=["inspections"])
 
 def resolve_product(runtime, product: str) -> dict:
     with runtime.db.connect(write=False) as conn:
-        row = repo.get_product(conn, int(product)) if product.isdigit() else None
+        as_id = int(product) if product.isdigit() and len(product) < 19 else None
+        row = repo.get_product(conn, as_id) if as_id else None
         row = row or repo.find_product(conn, product)
     if row is None:
         raise HTTPException(404, f"no product {product!r}")
@@ -45,7 +46,7 @@ async def inspect(
 
 
 @router.get("/inspections/{inspection_id}")
-def get_inspection(inspection_id: int, runtime: RuntimeDep) -> dict:
+def get_inspection(inspection_id: InspectionId, runtime: RuntimeDep) -> dict:
     with runtime.db.connect(write=False) as conn:
         row = repo.get_inspection(conn, inspection_id)
     if row is None:
@@ -65,7 +66,7 @@ def _recent(runtime, inspection_id: int):
 
 @router.get("/inspections/{inspection_id}/map.png", response_class=Response,
             responses={200: {"content": {"image/png": {}}}})
-def map_png(inspection_id: int, runtime: RuntimeDep) -> Response:
+def map_png(inspection_id: InspectionId, runtime: RuntimeDep) -> Response:
     recent = _recent(runtime, inspection_id)
     png = overlay_png(recent.rgb, recent.anomaly_map.astype(np.float32),
                       2 * recent.pixel_threshold)
@@ -74,7 +75,7 @@ def map_png(inspection_id: int, runtime: RuntimeDep) -> Response:
 
 @router.get("/inspections/{inspection_id}/map16.png", response_class=Response,
             responses={200: {"content": {"image/png": {}}}})
-def map_png16(inspection_id: int, runtime: RuntimeDep) -> Response:
+def map_png16(inspection_id: InspectionId, runtime: RuntimeDep) -> Response:
     """Raw map as 16-bit grayscale; 65535 = 4x the product's pixel threshold."""
     recent = _recent(runtime, inspection_id)
     scale = 4 * recent.pixel_threshold
@@ -84,7 +85,7 @@ def map_png16(inspection_id: int, runtime: RuntimeDep) -> Response:
 
 @router.get("/inspections/{inspection_id}/map.npy", response_class=Response,
             responses={200: {"content": {"application/octet-stream": {}}}})
-def map_npy(inspection_id: int, runtime: RuntimeDep) -> Response:
+def map_npy(inspection_id: InspectionId, runtime: RuntimeDep) -> Response:
     buffer = io.BytesIO()
     np.save(buffer, _recent(runtime, inspection_id).anomaly_map.astype(np.float32))
     return Response(buffer.getvalue(), media_type="application/octet-stream")

@@ -19,7 +19,7 @@ from edge_runtime.api.schemas import (
     TrainIn,
 )
 from edge_runtime.api.uploads import read_upload
-from edge_runtime.camera import CameraError
+from edge_runtime.camera import CameraError, CameraNotConfiguredError
 from edge_runtime.services.captures import image_info, store_capture
 
 router = APIRouter(prefix="/products", tags=["products"])
@@ -75,6 +75,8 @@ async def add_captures(
         try:
             blobs.append((runtime.camera.capture(), f"camera:{runtime.camera.name}"))
             runtime.camera_error = None
+        except CameraNotConfiguredError as exc:
+            raise HTTPException(409, str(exc)) from exc
         except CameraError as exc:
             runtime.camera_error = str(exc)
             raise HTTPException(503, str(exc)) from exc
@@ -90,7 +92,7 @@ def list_captures(
     product: ProductDep,
     runtime: RuntimeDep,
     limit: Annotated[int, Query(ge=1, le=1000)] = 100,
-    offset: Annotated[int, Query(ge=0)] = 0,
+    offset: Annotated[int, Query(ge=0, le=2**62)] = 0,
 ) -> CapturesOut:
     with runtime.db.connect(write=False) as conn:
         rows = repo.list_captures(conn, product["id"], limit, offset)

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import sys
 import time
 
 import psutil
@@ -47,6 +48,7 @@ def collect_status(runtime: Runtime) -> dict:
         "macs": training.get("macs"),
         "replay_store": read_accounting(runtime.settings.data_path / "replay"),
         "camera": {"kind": runtime.camera.name, "error": runtime.camera_error},
+        "torch_imported": "torch" in sys.modules,  # must stay False: training is a worker's
     }
     if runtime.bridge is not None:
         status["serial_bridge"] = runtime.bridge.status()
