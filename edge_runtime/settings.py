@@ -28,7 +28,9 @@ class ApiSettings:
 @dataclass(frozen=True)
 class ModelSettings:
     weights_dir: str = ""  # empty: EDGE_RUNTIME_WEIGHTS_DIR, then ~/.torch/mcunet, then download
-    threads: int = 0  # ORT intra-op threads for inspections; 0 = one per core
+    # ORT intra-op threads per inspection: with spinning off one thread is as fast as two
+    # (benchmarks/latency.py), and two inspections then run at once on a 2-core board
+    threads: int = 1
     spinning: bool = False
 
 

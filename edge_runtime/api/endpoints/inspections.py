@@ -7,6 +7,7 @@ from typing import Annotated
 
 import numpy as np
 from fastapi import APIRouter, File, Form, HTTPException, UploadFile
+from fastapi.concurrency import run_in_threadpool
 from fastapi.responses import Response
 
 from edge_runtime import repositories as repo
@@ -42,7 +43,8 @@ async def inspect(
     row = resolve_product(runtime, product)
     data = await read_upload(file, int(runtime.settings.api.max_upload_mb * 2**20))
     runtime.inspections.thresholds(row)  # 409 before decoding when not trained
-    return to_out(runtime.inspections.inspect(row, data))
+    # decode + ORT release the GIL; off the event loop, inspections overlap
+    return to_out(await run_in_threadpool(runtime.inspections.inspect, row, data))
 
 
 @router.get("/inspections/{inspection_id}")

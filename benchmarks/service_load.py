@@ -1,0 +1,166 @@
+"""Load on the real daemon: concurrent clients POST JPEGs to /inspect, first on an idle
+daemon, then while a training job runs. Reports throughput, latency, errors, and the peak
+RSS of the API process and of the training worker.
+"""
+
+from __future__ import annotations
+
+import argparse
+import io
+import sys
+import tempfile
+import threading
+import time
+from concurrent.futures import ThreadPoolExecutor
+from pathlib import Path
+
+import numpy as np
+import psutil
+from _common import REPO, SHARED, emit_json, print_table
+from PIL import Image
+from tqdm import tqdm
+
+sys.path.insert(0, str(REPO / "tests"))
+from daemon import Daemon  # noqa: E402  (the same real-server harness the tests use)
+
+
+class PeakRss:
+    """Samples the daemon and its children; keeps each process's peak (VmHWM when known)."""
+
+    def __init__(self, pid: int) -> None:
+        self.root = psutil.Process(pid)
+        self.main_mb = 0.0
+        self.worker_mb = 0.0
+        self._stop = threading.Event()
+        self._thread = threading.Thread(target=self._run, daemon=True)
+
+    @staticmethod
+    def _peak(process: psutil.Process) -> float:
+        try:
+            with open(f"/proc/{process.pid}/status") as handle:
+                for line in handle:
+                    if line.startswith("VmHWM:"):
+                        return int(line.split()[1]) / 1024
+        except OSError:
+            pass
+        return process.memory_info().rss / 2**20
+
+    def _run(self) -> None:
+        while not self._stop.wait(0.1):
+            try:
+                self.main_mb = max(self.main_mb, self._peak(self.root))
+                for child in self.root.children(recursive=True):
+                    self.worker_mb = max(self.worker_mb, self._peak(child))
+            except psutil.Error:
+                pass
+
+    def __enter__(self) -> PeakRss:
+        self._thread.start()
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self._stop.set()
+        self._thread.join()
+
+
+def _jpegs(data: Path) -> list[bytes]:
+    out = []
+    for path in sorted((data / "bottle" / "test").glob("*/00[0-4].png")):
+        buffer = io.BytesIO()
+        Image.open(path).convert("RGB").save(buffer, format="JPEG", quality=90)
+        out.append(buffer.getvalue())
+    return out
+
+
+def _hammer(daemon: Daemon, jpegs: list[bytes], count: int, clients: int, desc: str):
+    import httpx
+
+    latencies, errors = [], 0
+    lock = threading.Lock()
+    bar = tqdm(total=count, desc=desc, unit="req")
+
+    def worker(index: int) -> None:
+        nonlocal errors
+        with httpx.Client(base_url=daemon.url, timeout=30) as client:
+            for i in range(index, count, clients):
+                started = time.perf_counter()
+                try:
+                    response = client.post("/inspect", data={"product": "bottle"},
+                                           files={"file": ("part.jpg", jpegs[i % len(jpegs)],
+                                                           "image/jpeg")})
+                    ok = response.status_code == 200
+                except httpx.HTTPError:
+                    ok = False
+                elapsed = time.perf_counter() - started
+                with lock:
+                    latencies.append(elapsed * 1000)
+                    errors += not ok
+                    bar.update()
+
+    started = time.perf_counter()
+    with ThreadPoolExecutor(clients) as pool:
+        list(pool.map(worker, range(clients)))
+    wall = time.perf_counter() - started
+    bar.close()
+    values = np.array(latencies)
+    return {"p50_ms": float(np.percentile(values, 50)), "p99_ms": float(np.percentile(values, 99)),
+            "throughput_rps": count / wall, "errors": errors, "count": count}
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__)
+    parser.add_argument("--data", type=Path, default=SHARED / "data")
+    parser.add_argument("--requests", type=int, default=1000)
+    parser.add_argument("--clients", type=int, default=4)
+    parser.add_argument("--quick", action="store_true", help="200 requests per phase")
+    args = parser.parse_args()
+    count = 200 if args.quick else args.requests
+    jpegs = _jpegs(args.data)
+    daemon = Daemon(Path(tempfile.mkdtemp()) / "data")
+    daemon.start()
+    try:
+        c = daemon.client
+        product = c.post("/products", json={"name": "bottle"}).json()
+        images = sorted((args.data / "bottle" / "train" / "good").glob("*.png"))[:48]
+        daemon.upload(product["id"], images)
+        job = daemon.wait_job(c.post(f"/products/{product['id']}/train",
+                                     json={"epochs": 2}).json()["id"])
+        daemon.wait_live(job["version"])
+        with PeakRss(daemon.process.pid) as peak:
+            idle = _hammer(daemon, jpegs, count, args.clients, "idle")
+            response = c.post(f"/products/{product['id']}/train", json={"epochs": 100})
+            assert response.status_code == 202, response.text
+            training = response.json()
+            while c.get(f"/jobs/{training['id']}").json()["phase"] != "training":
+                time.sleep(0.1)
+            busy = _hammer(daemon, jpegs, count, args.clients, "during training")
+            still = c.get(f"/jobs/{training['id']}").json()["status"]
+            c.post(f"/jobs/{training['id']}/cancel")
+            daemon.wait_job(training["id"])
+            main_rss = peak.main_mb
+    finally:
+        daemon.stop()
+    rows = [["idle", idle["p50_ms"], idle["p99_ms"], idle["throughput_rps"], idle["errors"]],
+            ["during training", busy["p50_ms"], busy["p99_ms"], busy["throughput_rps"],
+             busy["errors"]]]
+    print(f"{count} JPEG inspections per phase, {args.clients} concurrent clients, "
+          f"client and server on the same 2 cores")
+    print_table(["phase", "p50 ms", "p99 ms", "inspections/s", "errors"], rows)
+    print(f"training job still running at the end of the loaded phase: {still == 'running'}")
+    print(f"peak RSS: API process {main_rss:.0f} MB (target <= 150), "
+          f"training worker {peak.worker_mb:.0f} MB")
+    print("targets: p50 <= 25 ms, >= 60 inspections/s idle, 0 errors during training")
+    emit_json({
+        "p50_ms": round(idle["p50_ms"], 2), "p99_ms": round(idle["p99_ms"], 2),
+        "throughput_rps": round(idle["throughput_rps"], 1),
+        "p50_ms_during_training": round(busy["p50_ms"], 2),
+        "p99_ms_during_training": round(busy["p99_ms"], 2),
+        "throughput_rps_during_training": round(busy["throughput_rps"], 1),
+        "errors": idle["errors"] + busy["errors"],
+        "main_rss_mb": round(main_rss, 1), "worker_peak_rss_mb": round(peak.worker_mb, 1),
+        "training_overlapped": still == "running",
+    })
+
+
+if __name__ == "__main__":
+    main()
