@@ -52,6 +52,15 @@ class CameraSettings:
 
 
 @dataclass(frozen=True)
+class SerialSettings:
+    url: str = ""  # e.g. /dev/edge-line (udev symlink); empty: no serial bridge
+    baudrate: int = 115200
+    deadline_ms: float = 200.0
+    failsafe: str = "reject"  # verdict sent when an inspection misses its deadline
+    heartbeat_s: float = 1.0
+
+
+@dataclass(frozen=True)
 class InspectionSettings:
     keep_recent_maps: int = 32  # anomaly maps kept in RAM for GET .../map.png
 
@@ -63,6 +72,7 @@ class Settings:
     model: ModelSettings = field(default_factory=ModelSettings)
     training: TrainingSettings = field(default_factory=TrainingSettings)
     camera: CameraSettings = field(default_factory=CameraSettings)
+    serial: SerialSettings = field(default_factory=SerialSettings)
     inspection: InspectionSettings = field(default_factory=InspectionSettings)
 
     @property
@@ -146,6 +156,9 @@ def validate(settings: Settings) -> Settings:
          "camera.kind must be none, directory or picamera2"),
         (settings.camera.kind != "directory" or bool(settings.camera.directory),
          "camera.directory is required when camera.kind = directory"),
+        (settings.serial.failsafe in ("reject", "pass"), "serial.failsafe must be reject or pass"),
+        (settings.serial.deadline_ms > 0, "serial.deadline_ms must be positive"),
+        (settings.serial.heartbeat_s > 0, "serial.heartbeat_s must be positive"),
         (settings.inspection.keep_recent_maps >= 0, "inspection.keep_recent_maps must be >= 0"),
         (settings.is_loopback or len(settings.api.token) >= 16,
          f"api.host is {settings.api.host} (not loopback): set api.token (16+ characters) "

@@ -17,6 +17,8 @@ import time
 import tty
 
 sys.path.insert(0, os.path.join(os.path.dirname(__file__), ".."))
+import contextlib
+
 from firmware_bridge import protocol as p  # noqa: E402
 
 
@@ -30,6 +32,19 @@ class Device:
         self.seq = 0
         self.cond = threading.Condition()
         self.plug()
+        threading.Thread(target=self._heartbeat, daemon=True).start()
+
+    def _heartbeat(self) -> None:
+        """Like the firmware: a HEARTBEAT every interval while plugged in."""
+        started = time.monotonic()
+        while True:
+            time.sleep(0.2)
+            fd = self.master
+            if fd is None:
+                continue
+            uptime = int((time.monotonic() - started) * 1000)
+            with contextlib.suppress(OSError):
+                os.write(fd, p.encode(p.heartbeat(0, uptime)))
 
     def plug(self) -> None:
         self.master, self.slave = os.openpty()

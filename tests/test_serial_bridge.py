@@ -89,6 +89,7 @@ def test_garbage_is_survived_and_counted(rig):
 def test_heartbeats_flow_and_unplug_replug_is_recovered(rig):
     sim, bridge = rig
     assert _wait(lambda: sim.ask("heartbeats")["heartbeats"] >= 2)
+    assert _wait(lambda: bridge.link_state() == "up")  # the device's heartbeats arrive
     sim.ask("unplug")
     assert _wait(lambda: bridge.link.state == "down")
     time.sleep(0.3)  # the reader retries against a missing path meanwhile

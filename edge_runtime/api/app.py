@@ -20,6 +20,7 @@ from edge_runtime.model_dir import ModelDirError
 from edge_runtime.preprocess import ImageError
 from edge_runtime.services.inspection import InspectionService, NotTrainedError
 from edge_runtime.services.jobs import JobConflictError, JobManager, TooFewCapturesError
+from edge_runtime.services.line import start_line_bridge
 from edge_runtime.services.models import ModelRegistry
 from edge_runtime.settings import Settings
 from edge_runtime.systemd import Notifier
@@ -73,12 +74,15 @@ def create_app(settings: Settings, runtime: Runtime | None = None,
     @asynccontextmanager
     async def lifespan(app: FastAPI):
         runtime.jobs.start_monitor()
+        runtime.bridge = start_line_bridge(runtime)
         live = runtime.registry.live
         notifier.ready(live.version if live else None)
         watchdog = asyncio.create_task(notifier.watchdog())
         yield
         watchdog.cancel()
         notifier.stopping()
+        if runtime.bridge is not None:
+            runtime.bridge.close()
         runtime.jobs.shutdown()
 
     app = FastAPI(title="edge-runtime", version="0.1.0", lifespan=lifespan,
