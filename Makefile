@@ -7,7 +7,7 @@ MCUNET_VERSION ?= 0.1.1.post202206170200
 SHARED ?= $(abspath ../shared)
 export EDGE_RUNTIME_WEIGHTS_DIR ?= $(SHARED)/models/mcunet
 
-.PHONY: venv test lint run demo bench clean
+.PHONY: venv toolchain test lint run demo bench clean
 
 # torch goes first and pinned, so nothing later can pull a CUDA build; mcunet without deps.
 $(BIN)/.stamp: pyproject.toml Makefile
@@ -20,22 +20,32 @@ $(BIN)/.stamp: pyproject.toml Makefile
 
 venv: $(BIN)/.stamp
 
-test: venv
+# The firmware test builds the reference firmware with avr-gcc (Debian: gcc-avr, avr-libc).
+toolchain:
+	@command -v avr-gcc >/dev/null || { \
+	  if [ "$$(id -u)" = 0 ]; then apt-get update -qq && apt-get install -y -qq gcc-avr avr-libc; \
+	  else echo "install the AVR toolchain: sudo apt-get install gcc-avr avr-libc"; exit 1; fi; }
+
+test: venv toolchain
 	$(BIN)/ruff check edge_runtime firmware_bridge benchmarks tests
 	$(BIN)/python -m pytest -q tests
 
 lint: venv
 	$(BIN)/ruff check edge_runtime firmware_bridge benchmarks tests
 
-# The main job. For now: train on one category and inspect one of its test images.
-run: demo
+# The main job: the daemon on its embedded defaults (127.0.0.1:8765, data in
+# ~/.local/share/edge-runtime). Ctrl-C stops it.
+run: venv
+	$(BIN)/edge-runtime serve
 
+# Train on one category and inspect one of its test images, from the command line.
 demo: venv
 	$(BIN)/edge-runtime fit --data $(SHARED)/data --category bottle --out models/bottle --epochs 3 --max-images 64
 	$(BIN)/edge-runtime inspect $(SHARED)/data/bottle/test/broken_large/000.png --model models/bottle --out out/bottle_map.png
 
 bench: venv
-	$(BIN)/python benchmarks/latency.py --quick
+	for b in latency macs replay_codecs service_load continual; do \
+	  $(BIN)/python benchmarks/$$b.py --quick || exit 1; done
 
 clean:
 	rm -rf $(VENV) models out

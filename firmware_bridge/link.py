@@ -17,6 +17,15 @@ import serial
 
 log = logging.getLogger("firmware_bridge.link")
 
+try:  # termios.error (e.g. tcdrain on a vanished pty) is not an OSError
+    import termios
+
+    _TERMIOS_ERRORS: tuple[type[BaseException], ...] = (termios.error,)
+except ImportError:  # pragma: no cover - not POSIX
+    _TERMIOS_ERRORS = ()
+# TypeError/AttributeError: the reader closed the port under a concurrent writer (unplug)
+PORT_ERRORS = (serial.SerialException, OSError, TypeError, AttributeError, *_TERMIOS_ERRORS)
+
 
 class SerialLink:
     def __init__(
@@ -57,8 +66,7 @@ class SerialLink:
                 port.write(data)
                 port.flush()
             return True
-        except (serial.SerialException, OSError, TypeError, AttributeError) as exc:
-            # TypeError/AttributeError: the reader closed the port under us (unplug)
+        except PORT_ERRORS as exc:
             self._fail(exc)
             return False
 
@@ -105,7 +113,7 @@ class SerialLink:
                 log.info("serial link up on %s", self.url)
             try:
                 data = self._port.read(max(1, getattr(self._port, "in_waiting", 0) or 1))
-            except (serial.SerialException, OSError, TypeError, AttributeError) as exc:
+            except PORT_ERRORS as exc:
                 log.warning("serial link lost: %s", exc)
                 self._fail(exc)
                 continue
