@@ -61,9 +61,17 @@ class JobManager:
             log_file = open(self.logs / f"job-{job['id']}.log", "ab")  # noqa: SIM115
             cmd = [sys.executable, "-m", "edge_runtime.workers.train_worker",
                    "--job", str(job["id"]), "--settings-json", settings_json(self.settings)]
-            self._process = subprocess.Popen(cmd, stdout=log_file, stderr=subprocess.STDOUT,
-                                             stdin=subprocess.DEVNULL)
-            log_file.close()
+            try:
+                self._process = subprocess.Popen(cmd, stdout=log_file,
+                                                 stderr=subprocess.STDOUT,
+                                                 stdin=subprocess.DEVNULL)
+            except OSError as exc:  # a job that never started must not block the queue
+                with self.db.connect() as conn:
+                    repo.update_job(conn, job["id"], status="failed", finished_at=time.time(),
+                                    error=f"could not start the training worker: {exc}")
+                raise
+            finally:
+                log_file.close()
             self._job_id = job["id"]
             return job
 

@@ -60,7 +60,7 @@ class ModelRegistry:
         for name in names:
             try:
                 live = self._load(name)
-            except (md.ModelDirError, OSError, Exception):  # noqa: BLE001 - try the next one
+            except Exception:  # noqa: BLE001 - unreadable or corrupt: try the next one
                 continue
             self._publish(live)
             return live
