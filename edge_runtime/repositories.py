@@ -127,6 +127,13 @@ def add_inspection(conn, product_id: int, score: float, verdict: str, threshold:
     return int(cur.lastrowid)
 
 
+def prune_inspections(conn, keep: int) -> int:
+    """Keep the newest ``keep`` inspection records (a line makes millions a week)."""
+    return conn.execute(
+        "DELETE FROM inspections WHERE id <= (SELECT MAX(id) FROM inspections) - ?", (keep,)
+    ).rowcount
+
+
 def get_inspection(conn, inspection_id: int) -> Row | None:
     return _row(conn.execute("SELECT * FROM inspections WHERE id = ?",
                              (inspection_id,)).fetchone())

@@ -63,6 +63,7 @@ class SerialSettings:
 @dataclass(frozen=True)
 class InspectionSettings:
     keep_recent_maps: int = 32  # anomaly maps kept in RAM for GET .../map.png
+    keep_records: int = 100_000  # inspection rows kept in SQLite (newest)
 
 
 @dataclass(frozen=True)
@@ -160,6 +161,7 @@ def validate(settings: Settings) -> Settings:
         (settings.serial.deadline_ms > 0, "serial.deadline_ms must be positive"),
         (settings.serial.heartbeat_s > 0, "serial.heartbeat_s must be positive"),
         (settings.inspection.keep_recent_maps >= 0, "inspection.keep_recent_maps must be >= 0"),
+        (settings.inspection.keep_records >= 1000, "inspection.keep_records must be >= 1000"),
         (settings.is_loopback or len(settings.api.token) >= 16,
          f"api.host is {settings.api.host} (not loopback): set api.token (16+ characters) "
          "so mutating endpoints need a bearer token"),

@@ -67,3 +67,20 @@ def test_hot_swap_never_fails_an_inspection(registry, tmp_path, data_root):
         thread.join()
     assert not errors and versions == {"v000001", "v000002"}
     assert service.latency_stats()["count"] > 0
+
+
+def test_old_versions_and_inspection_records_are_pruned(registry, tmp_path, data_root):
+    registry.keep_versions = 1
+    registry.promote("v000002")
+    assert not (registry.root / "v000001").exists() and (registry.root / "v000002").exists()
+    db = Database(tmp_path / "state.db")
+    with db.connect() as conn:
+        product = create_product(conn, "bottle", "")
+    service = InspectionService(db, registry, keep_recent_maps=2, keep_records=3)
+    service.PRUNE_EVERY = 5
+    image = (data_root / "bottle" / "test" / "good" / "000.png").read_bytes()
+    ids = [service.inspect(product, image).id for _ in range(10)]
+    with db.connect(write=False) as conn:
+        kept = [row[0] for row in conn.execute("SELECT id FROM inspections ORDER BY id")]
+    assert kept == ids[-3:]
+    assert service.recent_map(ids[-1]) is not None and service.recent_map(ids[0]) is None

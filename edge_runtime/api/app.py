@@ -46,7 +46,8 @@ def build_runtime(settings: Settings) -> Runtime:
             repo.set_current_version(conn, live.version)
     runtime = Runtime(
         settings=settings, db=db, registry=registry,
-        inspections=InspectionService(db, registry, settings.inspection.keep_recent_maps),
+        inspections=InspectionService(db, registry, settings.inspection.keep_recent_maps,
+                                      settings.inspection.keep_records),
         jobs=JobManager(settings, db, registry),
         camera=make_camera(settings.camera.kind, settings.camera.directory),
         started_at=time.time(),

@@ -39,8 +39,12 @@ class RecentMap:
 
 
 class InspectionService:
-    def __init__(self, db: Database, registry: ModelRegistry, keep_recent_maps: int) -> None:
+    PRUNE_EVERY = 1000
+
+    def __init__(self, db: Database, registry: ModelRegistry, keep_recent_maps: int,
+                 keep_records: int = 100_000) -> None:
         self.db, self.registry = db, registry
+        self.keep_records = keep_records
         self._lock = threading.Lock()
         self._latencies: collections.deque[float] = collections.deque(maxlen=2000)
         self._recent: collections.OrderedDict[int, RecentMap] = collections.OrderedDict()
@@ -67,10 +71,12 @@ class InspectionService:
         latency_ms = (time.perf_counter() - started) * 1000
         score = float(score[0])
         verdict = "reject" if score > thresholds["image"] else "pass"
-        with self.db.connect() as conn:
+        with self.db.connect(durable=False) as conn:
             inspection_id = repo.add_inspection(conn, product["id"], score, verdict,
                                                 thresholds["image"], latency_ms, live.version,
                                                 source)
+            if inspection_id % self.PRUNE_EVERY == 0:
+                repo.prune_inspections(conn, self.keep_records)
         with self._lock:
             self._latencies.append(latency_ms)
             self.counts[(product["name"], verdict)] += 1

@@ -7,6 +7,7 @@ so a swap never fails or delays it; the old session is freed when the last reque
 
 from __future__ import annotations
 
+import shutil
 import threading
 from dataclasses import dataclass
 from pathlib import Path
@@ -30,7 +31,9 @@ class LiveModel:
 
 
 class ModelRegistry:
-    def __init__(self, root: Path, threads: int = 0, spinning: bool = False) -> None:
+    def __init__(self, root: Path, threads: int = 0, spinning: bool = False,
+                 keep_versions: int = 5) -> None:
+        self.keep_versions = keep_versions
         self.root = Path(root)
         self.root.mkdir(parents=True, exist_ok=True)
         self.threads, self.spinning = threads, spinning
@@ -76,3 +79,12 @@ class ModelRegistry:
         with self._lock:
             atomic_write_bytes(self.root / CURRENT, live.version.encode())
             self._live = live
+        self._prune(live.version)
+
+    def _prune(self, current: str) -> None:
+        """Keep the newest ``keep_versions`` directories (and always the live one)."""
+        versions = sorted((p for p in self.root.iterdir() if p.is_dir()
+                           and p.name.startswith("v")), key=lambda p: p.name)
+        for old in versions[: max(0, len(versions) - self.keep_versions)]:
+            if old.name != current:
+                shutil.rmtree(old, ignore_errors=True)

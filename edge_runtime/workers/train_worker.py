@@ -12,6 +12,7 @@ import contextlib
 import ctypes
 import json
 import os
+import shutil
 import signal
 import sys
 import time
@@ -159,6 +160,8 @@ def main(argv: list[str] | None = None) -> int:
             repo.update_job(conn, args.job, only_if_active=True, status="failed",
                             error=f"{type(exc).__name__}: {exc}", finished_at=time.time())
         return 1
+    finally:
+        shutil.rmtree(settings.data_path / "work" / f"job-{args.job}", ignore_errors=True)
 
 
 def settings_json(settings: Settings) -> str:
