@@ -264,7 +264,7 @@ def main() -> None:
     parser.add_argument("--data", type=Path, default=SHARED / "data")
     parser.add_argument("--categories", default=None, help="comma-separated, in task order")
     parser.add_argument("--strategies", default=None, help="comma-separated (default all)")
-    parser.add_argument("--models", default="paste,stfpm")
+    parser.add_argument("--models", default=None, help="paste,stfpm (default both)")
     parser.add_argument("--epochs", type=int, default=10)
     parser.add_argument("--max-train-images", type=int, default=None)
     parser.add_argument("--max-test-images", type=int, default=None, help="per defect kind")
@@ -273,13 +273,20 @@ def main() -> None:
     parser.add_argument("--threads", type=int, default=0)
     parser.add_argument("--out", type=Path, default=REPO / "runs" / "continual")
     parser.add_argument("--quick", action="store_true",
-                        help="16 train images, 1 epoch, 3 test images per kind")
+                        help="16 train images, 1 epoch, 3 test images per kind; unless given, "
+                             "the first 2 categories and PaSTe joint/finetune/uint8_channel")
     parser.add_argument("--run-one", default=None, help=argparse.SUPPRESS)
     args = parser.parse_args()
     from edge_runtime.dataset import list_categories
 
+    quick_defaults = args.quick and not args.categories
     args.categories = args.categories.split(",") if args.categories else \
         list_categories(args.data)
+    if quick_defaults:
+        args.categories = args.categories[:2]
+    if args.quick and args.models is None and args.strategies is None:
+        args.models, args.strategies = "paste", "joint,finetune,replay_uint8_channel"
+    args.models = args.models or "paste,stfpm"
     if args.quick:
         args.epochs, args.max_train_images = 1, args.max_train_images or 16
         args.max_test_images = args.max_test_images or 3
