@@ -120,3 +120,22 @@ def test_schema_fuzzing_finds_no_server_errors(tmp_path):
         assert generated and int(generated.group(2)) >= 300, done.stdout[-2000:]
     finally:
         daemon.stop()
+
+
+def test_camera_failure_is_reported_and_survived(tmp_path):
+    empty = tmp_path / "no-frames"
+    empty.mkdir()
+    daemon = Daemon(tmp_path / "data", env={"EDGE_RUNTIME_CAMERA_KIND": "directory",
+                                            "EDGE_RUNTIME_CAMERA_DIRECTORY": str(empty)})
+    daemon.start()
+    try:
+        c = daemon.client
+        product = c.post("/products", json={"name": "a"}).json()
+        failed = c.post(f"/products/{product['id']}/captures", params={"camera_frames": 2})
+        assert failed.status_code == 503 and "has no images" in failed.json()["detail"]
+        status = c.get("/status").json()
+        assert status["camera"]["kind"] == "directory" and "no images" in status["camera"]["error"]
+        assert c.get("/health").status_code == 200
+        assert "edge_runtime_camera_error 1" in c.get("/metrics").text
+    finally:
+        daemon.stop()
