@@ -126,7 +126,8 @@ def run_one(run: str, args: argparse.Namespace) -> None:
         state["resources"] = _resources(engine, trainer, spec, model_path, args,
                                         inference_macs, training_step_macs, np)
         atomic_write_bytes(state_path, json.dumps(state, indent=1).encode())
-        tasks.pop(task.product, None) if strategy != "joint" else None
+        if strategy != "joint":  # only joint training keeps earlier features in RAM
+            tasks.pop(task.product, None)
 
 
 def _val_images(trainer, args, category):
