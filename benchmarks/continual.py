@@ -249,7 +249,8 @@ def _plot(out: Path, runs: dict[str, dict]) -> None:
     for name, r in runs.items():
         points = [(i + 1, v) for i, v in enumerate(r["pixel_f1_per_step"]) if v is not None]
         xs, ys = zip(*points, strict=True)
-        ax.plot(xs, ys, marker="o" if len(xs) > 1 else "*", label=name)
+        ax.plot(xs, ys, marker="o" if len(xs) > 1 else "*", label=name,
+                linestyle="--" if name.startswith("stfpm") else "-")
     ax.set_xlabel("tasks learned")
     ax.set_ylabel("pixel F1 (mean over tasks seen)")
     ax.set_xticks(range(1, max(len(r["pixel_f1_per_step"]) for r in runs.values()) + 1))

@@ -111,7 +111,8 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__)
     parser.add_argument("--data", type=Path, default=SHARED / "data")
     parser.add_argument("--requests", type=int, default=1000)
-    parser.add_argument("--clients", type=int, default=4)
+    parser.add_argument("--clients", type=int, default=2,
+                        help="concurrent clients (one per core keeps p50 free of queueing)")
     parser.add_argument("--quick", action="store_true", help="200 requests per phase")
     args = parser.parse_args()
     count = 200 if args.quick else args.requests
