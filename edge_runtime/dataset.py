@@ -22,6 +22,14 @@ class TestSample:
         return self.defect != "good"
 
 
+def spread(items: list, limit: int | None) -> list:
+    """An evenly spaced, deterministic subset of at most ``limit`` items (all if None/0)."""
+    if not limit or limit <= 0 or len(items) <= limit:
+        return list(items)
+    step = len(items) / limit
+    return [items[int(i * step)] for i in range(limit)]
+
+
 def _images(folder: Path) -> list[Path]:
     if not folder.is_dir():
         return []
@@ -48,11 +56,7 @@ def _category_dir(root: Path, category: str) -> Path:
 
 def train_images(root: Path, category: str, limit: int | None = None) -> list[Path]:
     """Defect-free training images, sorted; ``limit`` keeps an evenly spaced subset."""
-    images = _images(_category_dir(root, category) / "train" / "good")
-    if limit is not None and 0 < limit < len(images):
-        step = len(images) / limit
-        images = [images[int(i * step)] for i in range(limit)]
-    return images
+    return spread(_images(_category_dir(root, category) / "train" / "good"), limit)
 
 
 def _mask_for(directory: Path, defect: str, image: Path) -> Path | None:
@@ -70,10 +74,7 @@ def test_samples(root: Path, category: str, limit: int | None = None) -> list[Te
     directory = _category_dir(root, category)
     samples: list[TestSample] = []
     for kind_dir in sorted(p for p in (directory / "test").iterdir() if p.is_dir()):
-        images = _images(kind_dir)
-        if limit is not None and 0 < limit < len(images):
-            step = len(images) / limit
-            images = [images[int(i * step)] for i in range(limit)]
+        images = spread(_images(kind_dir), limit)
         samples += [TestSample(i, kind_dir.name, _mask_for(directory, kind_dir.name, i))
                     for i in images]
     return samples

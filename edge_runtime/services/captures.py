@@ -26,8 +26,10 @@ def image_info(data: bytes) -> tuple[str, int, int]:
         return image.format, image.width, image.height
 
 
-def store_capture(db: Database, root: Path, product_id: int, data: bytes, source: str) -> dict:
-    fmt, width, height = image_info(data)
+def store_capture(db: Database, root: Path, product_id: int, data: bytes, source: str,
+                  info: tuple[str, int, int] | None = None) -> dict:
+    """``info`` is image_info(data) when the caller already validated the bytes."""
+    fmt, width, height = info or image_info(data)
     relative = Path(str(product_id)) / f"{secrets.token_hex(8)}{SUFFIX[fmt]}"
     atomic_write_bytes(root / relative, data)
     with db.connect() as conn:

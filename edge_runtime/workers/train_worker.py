@@ -20,6 +20,7 @@ import traceback
 from dataclasses import asdict
 
 from edge_runtime import repositories as repo
+from edge_runtime.dataset import spread
 from edge_runtime.db import Database
 from edge_runtime.settings import Settings, _apply
 
@@ -28,13 +29,6 @@ def set_parent_death_signal() -> None:
     """Linux: die with the daemon, so a kill -9 of the daemon leaves no orphan trainer."""
     with contextlib.suppress(OSError):
         ctypes.CDLL("libc.so.6", use_errno=True).prctl(1, signal.SIGKILL)  # PR_SET_PDEATHSIG
-
-
-def spread(items: list, limit: int) -> list:
-    if limit <= 0 or len(items) <= limit:
-        return items
-    step = len(items) / limit
-    return [items[int(i * step)] for i in range(limit)]
 
 
 class JobReporter:

@@ -42,7 +42,7 @@ async def inspect(
 ) -> InspectionOut:
     row = resolve_product(runtime, product)
     data = await read_upload(file, int(runtime.settings.api.max_upload_mb * 2**20))
-    runtime.inspections.thresholds(row)  # 409 before decoding when not trained
+    # inspect() answers 409 for an untrained product before decoding anything;
     # decode + ORT release the GIL; off the event loop, inspections overlap
     return to_out(await run_in_threadpool(runtime.inspections.inspect, row, data))
 

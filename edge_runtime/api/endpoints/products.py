@@ -80,10 +80,9 @@ async def add_captures(
         except CameraError as exc:
             runtime.camera_error = str(exc)
             raise HTTPException(503, str(exc)) from exc
-    for data, _ in blobs:  # validate everything before storing anything
-        image_info(data)
-    stored = [store_capture(runtime.db, runtime.captures_dir, product["id"], data, source)
-              for data, source in blobs]
+    infos = [image_info(data) for data, _ in blobs]  # validate all before storing any
+    stored = [store_capture(runtime.db, runtime.captures_dir, product["id"], data, source, info)
+              for (data, source), info in zip(blobs, infos, strict=True)]
     return CapturesOut(count=len(stored), captures=[CaptureOut(**c) for c in stored])
 
 
