@@ -41,16 +41,17 @@ def run_one(run: str, args: argparse.Namespace) -> None:
     import torch
     from tqdm import tqdm
 
-    from edge_runtime import model_dir as md
     from edge_runtime.atomic import atomic_path, atomic_write_bytes
-    from edge_runtime.continual import ContinualTrainer
     from edge_runtime.dataset import train_images
-    from edge_runtime.engine import Engine, calibrate_product
-    from edge_runtime.evaluation import evaluate
-    from edge_runtime.inferencer import AnomalyInferencer
-    from edge_runtime.macs import inference_macs, training_step_macs
-    from edge_runtime.torch_model import ModelSpec
-    from edge_runtime.training import TrainConfig
+    from edge_runtime.evaluation.evaluate import evaluate
+    from edge_runtime.inference import model_dir as md
+    from edge_runtime.inference.inferencer import AnomalyInferencer
+    from edge_runtime.model.macs import inference_macs, training_step_macs
+    from edge_runtime.model.torch_model import ModelSpec
+    from edge_runtime.training.bundle import ModelBundle
+    from edge_runtime.training.continual import ContinualTrainer
+    from edge_runtime.training.loop import TrainConfig
+    from edge_runtime.training.recipe import Hooks, learn_product
 
     model, strategy = run.split("/")
     out = args.out / "runs"
@@ -64,87 +65,78 @@ def run_one(run: str, args: argparse.Namespace) -> None:
                       "train_seconds": [], "peak_rss_mb": 0.0}
     spec = ModelSpec.paste() if model == "paste" else ModelSpec.stfpm()
     config = TrainConfig(epochs=args.epochs, seed=args.seed)
-    engine = Engine(spec, seed=args.seed, threads=args.threads, work_dir=ckpt)
+    bundle = ModelBundle(spec, seed=args.seed, threads=args.threads, work_dir=ckpt)
     kind, codec = ("replay", strategy.removeprefix("replay_")) \
         if strategy.startswith("replay_") else (strategy, "fp32")
-    trainer = ContinualTrainer(engine, kind, codec, ckpt / "store", args.replay_samples, config)
+    trainer = ContinualTrainer(bundle, kind, codec, ckpt / "store", args.replay_samples, config)
     done = len(state["tasks"])
     if done and (ckpt / md.STUDENT).exists():
-        engine.student.load_state_dict(torch.load(ckpt / md.STUDENT, weights_only=True))
+        bundle.student.load_state_dict(torch.load(ckpt / md.STUDENT, weights_only=True))
     categories = args.categories
-    tasks = {}
-
-    def prepare(category: str):
-        if category not in tasks:
-            images = train_images(args.data, category, args.max_train_images)
-            with tqdm(total=len(images), desc=f"{run} trunk {category}", leave=False) as bar:
-                tasks[category] = trainer.prepare(
-                    category, images, lambda d, t: bar.update(d - bar.n))
-        return tasks[category]
+    images = {c: train_images(args.data, c, args.max_train_images) for c in categories}
 
     for step in range(done, len(categories)):
+        category = categories[step]
         if strategy == "joint" and step < len(categories) - 1:
-            state["tasks"].append(categories[step])  # joint learns everything at the end
+            state["tasks"].append(category)  # joint learns everything at the end
             state["matrix"].append(None)
             state["train_seconds"].append(0.0)
             continue
-        task = prepare(categories[step])
         if strategy == "joint":
-            trainer.seen = [prepare(c) for c in categories[:step]]
-        with tqdm(desc=f"{run} task {step + 1}/{len(categories)} {task.product}",
-                  unit="step", leave=False) as bar:
+            for earlier in categories[:step]:
+                trainer.keep(trainer.prepare(earlier, images[earlier]))
+        marks: dict[str, float] = {}
+
+        def on_phase(name: str, marks=marks) -> None:
+            marks[name] = time.perf_counter()
+            if name == "training":  # training's own high-water mark, apart from evaluation
+                reset_peak_rss()
+            elif name == "saving":
+                marks["train_peak"] = current_peak_rss_mb()
+
+        with tqdm(desc=f"{run} trunk {category}", unit="img", leave=False) as fbar, \
+                tqdm(desc=f"{run} task {step + 1}/{len(categories)} {category}",
+                     unit="step", leave=False) as bar:
             def progress(p, bar=bar):
                 bar.total = p.epochs * p.steps
                 bar.n = (p.epoch - 1) * p.steps + p.step
                 bar.set_postfix(loss=f"{p.loss:.3f}")
-            reset_peak_rss()
-            started = time.perf_counter()
-            trainer.learn(task, on_progress=progress)
-            seconds = time.perf_counter() - started
-            train_peak = current_peak_rss_mb()
-        model_path = engine.save(ckpt / "model")
+
+            learned = learn_product(
+                trainer, category, images[category], ckpt / "model",
+                earlier={c: images[c] for c in categories[:step]},
+                hooks=Hooks(phase=on_phase, features=lambda d, t, b=fbar: b.update(d - b.n),
+                            progress=progress))
         row = []
-        inferencer = AnomalyInferencer(model_path / md.MERGED, spec.image_size, args.threads)
-        for category in categories[: step + 1]:
-            seen = prepare(category) if category == task.product else tasks.get(category)
-            val = seen.val_images if seen else _val_images(trainer, args, category)
-            thresholds = calibrate_product(model_path, val, inferencer=inferencer)
-            with tqdm(desc=f"{run} eval {category}", unit="img", leave=False) as bar:
-                scores = evaluate(inferencer, args.data, category, args.max_test_images,
-                                  thresholds, lambda d, t, bar=bar: bar.update(d - bar.n))
+        inferencer = AnomalyInferencer(learned.directory / md.MERGED, spec.image_size,
+                                       args.threads)
+        for seen in categories[: step + 1]:
+            with tqdm(desc=f"{run} eval {seen}", unit="img", leave=False) as bar:
+                scores = evaluate(inferencer, args.data, seen, args.max_test_images,
+                                  learned.thresholds[seen],
+                                  lambda d, t, bar=bar: bar.update(d - bar.n))
             row.append({k: scores[k] for k in METRICS})
         with atomic_path(ckpt / md.STUDENT) as tmp:
-            torch.save(engine.student.state_dict(), tmp)
-        state["tasks"].append(task.product)
+            torch.save(bundle.student.state_dict(), tmp)
+        state["tasks"].append(category)
         state["matrix"].append(row)
-        state["train_seconds"].append(round(seconds, 2))
+        state["train_seconds"].append(round(marks["saving"] - marks["training"], 2))
         # training peak (high-water mark reset before the task); evaluation of pixel
         # metrics over tens of millions of pixels is reported apart
-        state["peak_rss_mb"] = max(state["peak_rss_mb"], round(train_peak, 1))
+        state["peak_rss_mb"] = max(state["peak_rss_mb"], round(marks["train_peak"], 1))
         state["peak_rss_eval_mb"] = max(state.get("peak_rss_eval_mb", 0.0),
                                         round(peak_rss_mb(), 1))
-        state["resources"] = _resources(engine, trainer, spec, model_path, args,
+        state["resources"] = _resources(bundle, trainer, spec, learned.directory, args,
                                         inference_macs, training_step_macs, np)
         atomic_write_bytes(state_path, json.dumps(state, indent=1).encode())
-        if strategy != "joint":  # only joint training keeps earlier features in RAM
-            tasks.pop(task.product, None)
 
 
-def _val_images(trainer, args, category):
-    from edge_runtime.dataset import train_images
-    from edge_runtime.training import holdout_split
-
-    images = train_images(args.data, category, args.max_train_images)
-    _, val = holdout_split(len(images), trainer.config.val_fraction, trainer.config.seed)
-    return [images[i] for i in val]
-
-
-def _resources(engine, trainer, spec, model_path, args, inference_macs, training_step_macs,
+def _resources(bundle, trainer, spec, model_path, args, inference_macs, training_step_macs,
                np) -> dict:
-    from edge_runtime import model_dir as md
-    from edge_runtime.inferencer import AnomalyInferencer
+    from edge_runtime.inference import model_dir as md
+    from edge_runtime.inference.inferencer import AnomalyInferencer
 
-    params = sum(p.numel() for m in (engine.trunk, engine.teacher, engine.student)
+    params = sum(p.numel() for m in (bundle.trunk, bundle.teacher, bundle.student)
                  for p in m.parameters())
     inferencer = AnomalyInferencer(model_path / md.MERGED, spec.image_size, args.threads)
     image = np.zeros((1, 3, spec.image_size, spec.image_size), np.float32)
@@ -161,10 +153,10 @@ def _resources(engine, trainer, spec, model_path, args, inference_macs, training
         "additional_memory_bytes": (store["payload_bytes"] + store["metadata_bytes"])
         if store else 0,
         "replay_store": store,
-        "inference_macs": inference_macs(spec, engine.trunk, engine.teacher,
-                                         engine.student)["total"],
+        "inference_macs": inference_macs(spec, bundle.trunk, bundle.teacher,
+                                         bundle.student)["total"],
         "training_macs_per_step": training_step_macs(
-            spec, engine.trunk, engine.teacher, engine.student,
+            spec, bundle.trunk, bundle.teacher, bundle.student,
             trainer.config.batch_size + (trainer.config.replay_batch_size if store else 0),
         )["per_step"],
         "inference_ms": round(float(np.median(times)) * 1000, 3),
@@ -181,7 +173,7 @@ def _settings(args) -> dict:
 def summarise(state: dict) -> dict | None:
     import numpy as np
 
-    from edge_runtime.metrics import average_forgetting
+    from edge_runtime.evaluation.metrics import average_forgetting
 
     categories = state["settings"]["categories"]
     if len(state["tasks"]) < len(categories) or state["matrix"][-1] is None:

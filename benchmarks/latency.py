@@ -22,9 +22,9 @@ import torch
 from _common import emit_json, peak_rss_mb, print_table, stats_ms
 from tqdm import tqdm
 
-from edge_runtime.inferencer import AnomalyInferencer, open_session
-from edge_runtime.onnx_export import export_merged
-from edge_runtime.torch_model import ModelSpec, PasteModel, build_parts
+from edge_runtime.inference.inferencer import AnomalyInferencer, open_session
+from edge_runtime.model.onnx_export import export_merged
+from edge_runtime.model.torch_model import ModelSpec, PasteModel, build_parts
 
 
 def _time(fn, repeats: int) -> list[float]:

@@ -7,8 +7,8 @@ import argparse
 
 from _common import emit_json, print_table
 
-from edge_runtime.macs import inference_macs, training_step_macs
-from edge_runtime.torch_model import ModelSpec, build_parts
+from edge_runtime.model.macs import inference_macs, training_step_macs
+from edge_runtime.model.torch_model import ModelSpec, build_parts
 
 
 def main() -> None:

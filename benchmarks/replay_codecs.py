@@ -17,10 +17,10 @@ from _common import SHARED, emit_json, print_table
 from tqdm import tqdm
 
 from edge_runtime.dataset import list_categories, train_images
-from edge_runtime.engine import Engine
-from edge_runtime.preprocess import load_rgb, normalise
+from edge_runtime.inference.preprocess import load_rgb, normalise
 from edge_runtime.replay.codecs import CODEC_NAMES, make_codec
 from edge_runtime.replay.store import ReplayStore
+from edge_runtime.training.bundle import ModelBundle
 
 
 def _errors(decoded: np.ndarray, reference: np.ndarray) -> tuple[float, float]:
@@ -45,8 +45,8 @@ def main() -> None:
     shares = [total // len(categories) + (i < total % len(categories))
               for i in range(len(categories))]
     images = {c: train_images(args.data, c, n) for c, n in zip(categories, shares, strict=True)}
-    engine = Engine()
-    features = {c: engine.features(paths) for c, paths in tqdm(images.items(), desc="trunk")}
+    bundle = ModelBundle()
+    features = {c: bundle.features(paths) for c, paths in tqdm(images.items(), desc="trunk")}
     rgb = {c: np.stack([load_rgb(p, 256) for p in paths]) for c, paths in images.items()}
     params = {"pq": {"num_subvectors": args.pq_subvectors, "bits": args.pq_bits},
               "pca": {"components": args.pca_components}}

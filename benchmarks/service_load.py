@@ -7,7 +7,6 @@ from __future__ import annotations
 
 import argparse
 import io
-import sys
 import tempfile
 import threading
 import time
@@ -16,12 +15,11 @@ from pathlib import Path
 
 import numpy as np
 import psutil
-from _common import REPO, SHARED, emit_json, print_table
+from _common import SHARED, emit_json, print_table
 from PIL import Image
 from tqdm import tqdm
 
-sys.path.insert(0, str(REPO / "tests"))
-from daemon import Daemon  # noqa: E402  (the same real-server harness the tests use)
+from edge_runtime.daemon_process import Daemon  # the same real-server harness the tests use
 
 
 class PeakRss:

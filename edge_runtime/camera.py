@@ -108,3 +108,26 @@ def make_camera(kind: str, directory: str = "") -> Camera:
     if kind == "picamera2":
         return Picamera2Camera()
     return NoCamera()
+
+
+class MonitoredCamera:
+    """A camera that remembers its last failure, for /status; cleared by the next frame."""
+
+    def __init__(self, camera: Camera) -> None:
+        self.camera = camera
+        self.error: str | None = None
+
+    @property
+    def name(self) -> str:
+        return self.camera.name
+
+    def capture(self) -> bytes:
+        try:
+            frame = self.camera.capture()
+        except CameraNotConfiguredError:
+            raise
+        except CameraError as exc:
+            self.error = str(exc)
+            raise
+        self.error = None
+        return frame

@@ -12,9 +12,9 @@ from pathlib import Path
 
 from tqdm import tqdm
 
-from edge_runtime.model_dir import ModelDirError
-from edge_runtime.preprocess import ImageError
-from edge_runtime.weights import WeightsNotFoundError
+from edge_runtime.inference.model_dir import ModelDirError
+from edge_runtime.inference.preprocess import ImageError
+from edge_runtime.model.weights import WeightsNotFoundError
 
 USER_ERRORS = (ImageError, ModelDirError, WeightsNotFoundError, FileNotFoundError, ValueError)
 
@@ -29,74 +29,77 @@ def _bar_callback(bar: tqdm):
 
 
 def cmd_fit(args: argparse.Namespace) -> int:
-    from edge_runtime import model_dir as md
     from edge_runtime.dataset import train_images
-    from edge_runtime.engine import Engine, calibrate_product
-    from edge_runtime.torch_model import ModelSpec
-    from edge_runtime.training import TrainConfig, holdout_split
-    from edge_runtime.weights import resolve_backbone_files
+    from edge_runtime.model.torch_model import ModelSpec
+    from edge_runtime.model.weights import resolve_backbone_files
+    from edge_runtime.training.bundle import ModelBundle
+    from edge_runtime.training.continual import ContinualTrainer
+    from edge_runtime.training.loop import TrainConfig
+    from edge_runtime.training.recipe import Hooks, learn_product
 
     spec = ModelSpec.stfpm() if args.mode == "stfpm" else ModelSpec.paste()
-    config = TrainConfig(epochs=args.epochs, seed=args.seed)
     images = train_images(Path(args.data), args.category, args.max_images)
-    train_idx, val_idx = holdout_split(len(images), config.val_fraction, config.seed)
-    engine = Engine(spec, resolve_backbone_files(args.weights_dir), args.seed, args.threads)
-    with tqdm(desc="trunk features", unit="img") as bar:
-        features = engine.features(images, _bar_callback(bar))
-    with tqdm(desc="training", unit="step") as bar:
+    bundle = ModelBundle(spec, resolve_backbone_files(args.weights_dir), args.seed, args.threads)
+    trainer = ContinualTrainer(bundle, "finetune", config=TrainConfig(epochs=args.epochs,
+                                                                       seed=args.seed))
+    with tqdm(desc="trunk features", unit="img") as features, \
+            tqdm(desc="training", unit="step") as steps:
 
         def on_progress(p) -> None:
-            bar.total = p.epochs * p.steps
-            bar.n = (p.epoch - 1) * p.steps + p.step
-            bar.set_postfix(epoch=p.epoch, loss=f"{p.loss:.4f}",
-                            val=f"{p.val_loss:.4f}" if p.val_loss is not None else "-")
+            steps.total = p.epochs * p.steps
+            steps.n = (p.epoch - 1) * p.steps + p.step
+            steps.set_postfix(epoch=p.epoch, loss=f"{p.loss:.4f}",
+                              val=f"{p.val_loss:.4f}" if p.val_loss is not None else "-")
 
-        result = engine.train(features[train_idx], features[val_idx], config,
-                              on_progress=on_progress)
-    training = {"category": args.category, "images": len(images), "epochs_run": result.epochs_run,
-                "best_epoch": result.best_epoch, "seconds": round(result.seconds, 2)}
-    out = engine.save(args.out, training=training)
-    thresholds = calibrate_product(out, [images[i] for i in val_idx], args.threads)
-    md.update_products(out, {args.category: {"thresholds": thresholds}})
-    summary = {"model": str(out), "training": training, "thresholds": thresholds}
+        learned = learn_product(trainer, args.category, images, args.out,
+                                training_info={"category": args.category},
+                                hooks=Hooks(features=_bar_callback(features),
+                                            progress=on_progress))
+    thresholds = learned.thresholds[args.category]
+    result = learned.result
+    training = {"category": args.category, "images": len(images),
+                "epochs_run": result.epochs_run, "best_epoch": result.best_epoch,
+                "seconds": round(result.seconds, 2)}
+    summary = {"model": str(learned.directory), "training": training,
+               "thresholds": thresholds.to_dict()}
     if args.evaluate:
-        summary["metrics"] = _evaluate(out, args, thresholds)
+        summary["metrics"] = _evaluate(learned.directory, args, thresholds)
     print(json.dumps(summary))
     return 0
 
 
-def _evaluate(model: Path, args: argparse.Namespace, thresholds: dict) -> dict:
-    from edge_runtime import model_dir as md
-    from edge_runtime.evaluation import evaluate
-    from edge_runtime.inferencer import AnomalyInferencer
+def _evaluate(model: Path, args: argparse.Namespace, thresholds) -> dict:
+    from edge_runtime.evaluation.evaluate import evaluate
 
-    size = md.read_manifest(model).spec["image_size"]
-    inferencer = AnomalyInferencer(model / md.MERGED, size, args.threads)
+    _, inferencer = _inferencer(model, args.threads)
     with tqdm(desc="evaluating", unit="img") as bar:
         return evaluate(inferencer, args.data, args.category, thresholds=thresholds,
                         progress=_bar_callback(bar))
 
 
-def cmd_inspect(args: argparse.Namespace) -> int:
-    from edge_runtime import model_dir as md
-    from edge_runtime.inferencer import AnomalyInferencer
-    from edge_runtime.overlay import overlay_png
-    from edge_runtime.preprocess import load_rgb
+def _inferencer(model: Path, threads: int):
+    from edge_runtime.inference import model_dir as md
+    from edge_runtime.inference.inferencer import AnomalyInferencer
 
-    manifest = md.read_manifest(args.model)
-    size = manifest.spec["image_size"]
-    inferencer = AnomalyInferencer(Path(args.model) / md.MERGED, size, args.threads)
-    result = inferencer.inspect(args.image)
-    product = args.product or next(iter(manifest.products), None)
-    thresholds = manifest.products.get(product, {}).get("thresholds") if product else None
-    report: dict = {"image": str(args.image), "score": result.score}
-    vmax = None
+    manifest = md.read_manifest(model)
+    return manifest, AnomalyInferencer(Path(model) / md.MERGED, manifest.image_size, threads)
+
+
+def cmd_inspect(args: argparse.Namespace) -> int:
+    from edge_runtime.inference.overlay import overlay_png
+
+    manifest, inferencer = _inferencer(args.model, args.threads)
+    product = args.product or next(iter(manifest.thresholds), None)
+    thresholds = manifest.thresholds.get(product) if product else None
+    rgb = inferencer.load(args.image)
+    prediction = inferencer.predict(rgb, thresholds)
+    report: dict = {"image": str(args.image), "score": prediction.score}
     if thresholds:
-        vmax = 2 * thresholds["pixel"]
-        report |= {"product": product, "threshold": thresholds["image"],
-                   "verdict": "reject" if result.score > thresholds["image"] else "pass"}
+        report |= {"product": product, "threshold": thresholds.image,
+                   "verdict": prediction.label}
     if args.out:
-        png = overlay_png(load_rgb(args.image, size), result.anomaly_map, vmax)
+        vmax = 2 * thresholds.pixel if thresholds else None
+        png = overlay_png(rgb, prediction.anomaly_map, vmax)
         Path(args.out).parent.mkdir(parents=True, exist_ok=True)
         Path(args.out).write_bytes(png)
         report["map"] = str(args.out)

@@ -4,13 +4,21 @@ validated at start-up with a message that names the offending key."""
 from __future__ import annotations
 
 import ipaddress
+import json
 import os
 import tomllib
-from dataclasses import dataclass, field, fields, replace
+from dataclasses import asdict, dataclass, field, fields, replace
 from pathlib import Path
 from typing import Any
 
+from edge_runtime.data_layout import DataLayout
+
 ENV_PREFIX = "EDGE_RUNTIME_"
+WEIGHTS_ENV = "EDGE_RUNTIME_WEIGHTS_DIR"  # read by model/weights.py, the one resolution path
+# the replay codecs of trunk features (replay/codecs: a test keeps the two lists equal);
+# named here so that validating settings does not import the codecs
+REPLAY_FEATURE_CODECS = ("fp32", "fp16", "uint8_map", "uint8_channel", "pq", "pca")
+CAMERA_KINDS = ("none", "directory", "picamera2")
 
 
 class SettingsError(ValueError):
@@ -81,6 +89,18 @@ class Settings:
         return Path(self.data_dir).expanduser()
 
     @property
+    def layout(self) -> DataLayout:
+        return DataLayout(self.data_path)
+
+    def to_json(self) -> str:
+        return json.dumps(asdict(self))
+
+    @classmethod
+    def from_json(cls, text: str) -> Settings:
+        """The inverse of to_json, validated (how the training worker receives them)."""
+        return validate(apply_values(cls(), json.loads(text)))
+
+    @property
     def is_loopback(self) -> bool:
         if self.api.host == "localhost":
             return True
@@ -108,7 +128,8 @@ def _coerce(value: Any, target: Any, key: str) -> Any:
     return value
 
 
-def _apply(section: Any, values: dict, prefix: str) -> Any:
+def apply_values(section: Any, values: dict, prefix: str = "") -> Any:
+    """``section`` with ``values`` (nested dicts) applied, each checked against its type."""
     known = {f.name: f for f in fields(section)}
     changes = {}
     for key, value in values.items():
@@ -118,7 +139,7 @@ def _apply(section: Any, values: dict, prefix: str) -> Any:
         if hasattr(current, "__dataclass_fields__"):
             if not isinstance(value, dict):
                 raise SettingsError(f"{prefix}{key} must be a table")
-            changes[key] = _apply(current, value, f"{prefix}{key}.")
+            changes[key] = apply_values(current, value, f"{prefix}{key}.")
         else:
             changes[key] = _coerce(value, current, f"{prefix}{key}")
     return replace(section, **changes)
@@ -129,7 +150,7 @@ def _env_overrides(environ: dict[str, str]) -> dict:
     out: dict = {}
     sections = {f.name for f in fields(Settings) if f.name != "data_dir"}
     for name, value in environ.items():
-        if not name.startswith(ENV_PREFIX) or name == "EDGE_RUNTIME_WEIGHTS_DIR":
+        if not name.startswith(ENV_PREFIX) or name == WEIGHTS_ENV:
             continue
         key = name[len(ENV_PREFIX):].lower()
         if key == "data_dir":
@@ -142,19 +163,17 @@ def _env_overrides(environ: dict[str, str]) -> dict:
 
 
 def validate(settings: Settings) -> Settings:
-    from edge_runtime.replay.codecs import FEATURE_CODECS
-
     checks = [
         (1 <= settings.api.port <= 65535, "api.port must be 1..65535"),
         (settings.api.max_upload_mb > 0, "api.max_upload_mb must be positive"),
         (settings.model.threads >= 0, "model.threads must be >= 0"),
         (settings.training.epochs >= 1, "training.epochs must be >= 1"),
-        (settings.training.codec in FEATURE_CODECS,
-         f"training.codec must be one of {', '.join(FEATURE_CODECS)}"),
+        (settings.training.codec in REPLAY_FEATURE_CODECS,
+         f"training.codec must be one of {', '.join(REPLAY_FEATURE_CODECS)}"),
         (settings.training.replay_samples >= 1, "training.replay_samples must be >= 1"),
         (settings.training.min_captures >= 2, "training.min_captures must be >= 2"),
-        (settings.camera.kind in ("none", "directory", "picamera2"),
-         "camera.kind must be none, directory or picamera2"),
+        (settings.camera.kind in CAMERA_KINDS,
+         f"camera.kind must be one of {', '.join(CAMERA_KINDS)}"),
         (settings.camera.kind != "directory" or bool(settings.camera.directory),
          "camera.directory is required when camera.kind = directory"),
         (settings.serial.failsafe in ("reject", "pass"), "serial.failsafe must be reject or pass"),
@@ -186,12 +205,12 @@ def load_settings(
             raise SettingsError(f"config file {path} does not exist") from exc
         except tomllib.TOMLDecodeError as exc:
             raise SettingsError(f"config file {path} is not valid TOML: {exc}") from exc
-        settings = _apply(settings, data, "")
+        settings = apply_values(settings, data, "")
     environ = dict(os.environ if environ is None else environ)
-    settings = _apply(settings, _env_overrides(environ), "")
+    settings = apply_values(settings, _env_overrides(environ), "")
     api = {k: v for k, v in overrides.items() if k in ("host", "port") and v is not None}
     if api:
-        settings = replace(settings, api=_apply(settings.api, api, "api."))
+        settings = replace(settings, api=apply_values(settings.api, api, "api."))
     if overrides.get("data_dir"):
         settings = replace(settings, data_dir=str(overrides["data_dir"]))
     return validate(settings)

@@ -18,6 +18,7 @@ next 0x00 after any garbage; the CRC rejects what is left of a corrupted frame.
 
 from __future__ import annotations
 
+import binascii
 import struct
 from dataclasses import dataclass
 from enum import IntEnum
@@ -48,12 +49,8 @@ class FrameError(ValueError):
 
 
 def crc16(data: bytes, crc: int = 0xFFFF) -> int:
-    for byte in data:
-        crc ^= byte << 8
-        for _ in range(8):
-            crc = ((crc << 1) ^ 0x1021) if crc & 0x8000 else (crc << 1)
-            crc &= 0xFFFF
-    return crc
+    """CRC-16/CCITT-FALSE; binascii's crc_hqx is exactly this polynomial, in C."""
+    return binascii.crc_hqx(data, crc)
 
 
 def cobs_encode(data: bytes) -> bytes:

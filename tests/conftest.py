@@ -22,7 +22,7 @@ def data_root() -> Path:
 
 @pytest.fixture(scope="session")
 def backbone_files():
-    from edge_runtime.weights import resolve_backbone_files
+    from edge_runtime.model.weights import resolve_backbone_files
 
     return resolve_backbone_files(allow_download=False)
 
@@ -30,18 +30,14 @@ def backbone_files():
 @pytest.fixture(scope="session")
 def bottle_model(tmp_path_factory, data_root, backbone_files) -> Path:
     """A small but real PaSTe training on bottle, shared by the tests that need a model."""
-    from edge_runtime import model_dir as md
     from edge_runtime.dataset import train_images
-    from edge_runtime.engine import Engine, calibrate_product
-    from edge_runtime.training import TrainConfig, holdout_split
+    from edge_runtime.training.bundle import ModelBundle
+    from edge_runtime.training.continual import ContinualTrainer
+    from edge_runtime.training.loop import TrainConfig
+    from edge_runtime.training.recipe import learn_product
 
     images = train_images(data_root, "bottle", limit=40)
-    config = TrainConfig(epochs=3, seed=0)
-    train_idx, val_idx = holdout_split(len(images), config.val_fraction, config.seed)
-    engine = Engine(files=backbone_files, seed=0)
-    features = engine.features(images)
-    engine.train(features[train_idx], features[val_idx], config)
-    out = engine.save(tmp_path_factory.mktemp("models") / "bottle")
-    thresholds = calibrate_product(out, [images[i] for i in val_idx])
-    md.update_products(out, {"bottle": {"thresholds": thresholds}})
-    return out
+    trainer = ContinualTrainer(ModelBundle(files=backbone_files, seed=0), "finetune",
+                               config=TrainConfig(epochs=3, seed=0))
+    out = tmp_path_factory.mktemp("models") / "bottle"
+    return learn_product(trainer, "bottle", images, out).directory

@@ -2,9 +2,9 @@ import numpy as np
 import pytest
 import torch
 
-from edge_runtime.backbone import build_mcunet, numbered_layers
-from edge_runtime.preprocess import normalise
-from edge_runtime.weights import (
+from edge_runtime.inference.preprocess import normalise
+from edge_runtime.model.backbone import build_mcunet, numbered_layers
+from edge_runtime.model.weights import (
     CONFIG_FILE,
     WEIGHTS_FILE,
     WeightsNotFoundError,
@@ -35,7 +35,7 @@ def test_numbered_layers_fold_first_conv_into_layer_0(backbone_files):
 
 
 def test_missing_weights_give_one_clear_message(tmp_path, monkeypatch):
-    monkeypatch.setattr("edge_runtime.weights.MCUNET_CACHE", tmp_path / "cache")
+    monkeypatch.setattr("edge_runtime.model.weights.MCUNET_CACHE", tmp_path / "cache")
     with pytest.raises(WeightsNotFoundError) as info:
         resolve_backbone_files(tmp_path / "nowhere", allow_download=False)
     message = str(info.value)
@@ -48,6 +48,6 @@ def test_explicit_dir_wins_over_cache(tmp_path, backbone_files, monkeypatch):
 
     for f in (backbone_files.config, backbone_files.weights):
         shutil.copy(f, tmp_path / f.name)
-    monkeypatch.setattr("edge_runtime.weights.MCUNET_CACHE", backbone_files.config.parent)
+    monkeypatch.setattr("edge_runtime.model.weights.MCUNET_CACHE", backbone_files.config.parent)
     found = resolve_backbone_files(tmp_path, allow_download=False)
     assert found.weights == tmp_path / WEIGHTS_FILE

@@ -1,11 +1,11 @@
 import numpy as np
 import pytest
 
-from edge_runtime.continual import ContinualTrainer, StrategyError
 from edge_runtime.dataset import train_images
-from edge_runtime.engine import Engine
-from edge_runtime.torch_model import ModelSpec
-from edge_runtime.training import TrainConfig
+from edge_runtime.model.torch_model import ModelSpec
+from edge_runtime.training.bundle import ModelBundle
+from edge_runtime.training.continual import ContinualTrainer, StrategyError
+from edge_runtime.training.loop import TrainConfig
 
 CONFIG = TrainConfig(epochs=1, seed=0)
 
@@ -24,12 +24,12 @@ class CountingReplay:
 
 
 @pytest.fixture(scope="module")
-def paste_engine(backbone_files):
-    return Engine(files=backbone_files, seed=0)
+def paste_bundle(backbone_files):
+    return ModelBundle(files=backbone_files, seed=0)
 
 
-def test_replay_mixes_8_plus_8_and_remembers_each_product(paste_engine, data_root, tmp_path):
-    trainer = ContinualTrainer(paste_engine, "replay", "uint8_channel", tmp_path / "store",
+def test_replay_mixes_8_plus_8_and_remembers_each_product(paste_bundle, data_root, tmp_path):
+    trainer = ContinualTrainer(paste_bundle, "replay", "uint8_channel", tmp_path / "store",
                                capacity=20, config=CONFIG)
     first = trainer.prepare("bottle", train_images(data_root, "bottle", 16))
     trainer.learn(first)
@@ -44,8 +44,8 @@ def test_replay_mixes_8_plus_8_and_remembers_each_product(paste_engine, data_roo
     assert acc["payload_bytes"] == 20 * 24 * 32 * 32
 
 
-def test_image_replay_goes_through_the_trunk(paste_engine, data_root, tmp_path):
-    trainer = ContinualTrainer(paste_engine, "replay", "image", tmp_path / "images",
+def test_image_replay_goes_through_the_trunk(paste_bundle, data_root, tmp_path):
+    trainer = ContinualTrainer(paste_bundle, "replay", "image", tmp_path / "images",
                                capacity=4, config=CONFIG)
     trainer.learn(trainer.prepare("bottle", train_images(data_root, "bottle", 8)))
     source = trainer._replay_source()
@@ -54,9 +54,9 @@ def test_image_replay_goes_through_the_trunk(paste_engine, data_root, tmp_path):
     assert trainer.store.accounting()["payload_bytes"] == 4 * 256 * 256 * 3
 
 
-def test_finetune_stores_nothing_and_joint_keeps_all_features(paste_engine, data_root):
-    finetune = ContinualTrainer(paste_engine, "finetune", config=CONFIG)
-    joint = ContinualTrainer(paste_engine, "joint", config=CONFIG)
+def test_finetune_stores_nothing_and_joint_keeps_all_features(paste_bundle, data_root):
+    finetune = ContinualTrainer(paste_bundle, "finetune", config=CONFIG)
+    joint = ContinualTrainer(paste_bundle, "joint", config=CONFIG)
     assert finetune.store is None and joint.store is None
     for trainer in (finetune, joint):
         for category in ("bottle", "transistor"):
@@ -66,12 +66,12 @@ def test_finetune_stores_nothing_and_joint_keeps_all_features(paste_engine, data
 
 
 def test_stfpm_refuses_feature_codecs(backbone_files, tmp_path):
-    engine = Engine(ModelSpec.stfpm(), backbone_files)
+    bundle = ModelBundle(ModelSpec.stfpm(), backbone_files)
     with pytest.raises(StrategyError, match="only replay raw images"):
-        ContinualTrainer(engine, "replay", "pq", tmp_path)
-    ContinualTrainer(engine, "replay", "image", tmp_path / "ok")  # allowed
+        ContinualTrainer(bundle, "replay", "pq", tmp_path)
+    ContinualTrainer(bundle, "replay", "image", tmp_path / "ok")  # allowed
 
 
-def test_unknown_strategy(paste_engine):
+def test_unknown_strategy(paste_bundle):
     with pytest.raises(StrategyError):
-        ContinualTrainer(paste_engine, "ewc")
+        ContinualTrainer(paste_bundle, "ewc")

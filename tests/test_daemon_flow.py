@@ -6,8 +6,10 @@ import time
 
 import numpy as np
 import pytest
-from daemon import Daemon
 from PIL import Image
+from prometheus_client.parser import text_string_to_metric_families
+
+from edge_runtime.daemon_process import Daemon
 
 
 @pytest.fixture(scope="module")
@@ -28,7 +30,7 @@ def _train(daemon, product_id: int, epochs: int = 2) -> dict:
     return job
 
 
-def test_operator_flow_two_products(daemon, data_root):
+def test_operator_flow_two_products(daemon, data_root, tmp_path):
     c = daemon.client
     bottle = c.post("/products", json={"name": "bottle", "description": "line 3"})
     assert bottle.status_code == 201 and bottle.json()["trained"] is False
@@ -50,6 +52,10 @@ def test_operator_flow_two_products(daemon, data_root):
     raw = np.load(io.BytesIO(c.get(f"/inspections/{bad_result['id']}/map.npy").content))
     assert raw.shape == (256, 256) and float(raw.max()) > 0
     assert c.get(f"/inspections/{bad_result['id']}/map16.png").status_code == 200
+    corrupt = tmp_path / "corrupt.png"
+    corrupt.write_bytes(b"\x89PNG\r\n\x1a\n" + os.urandom(200))
+    bad = daemon.inspect("bottle", corrupt)
+    assert bad.status_code == 422 and "not a readable" in bad.json()["detail"]
 
     # a second product: the first keeps being served, and the replay store holds both
     transistor = c.post("/products", json={"name": "transistor"}).json()
@@ -67,8 +73,18 @@ def test_operator_flow_two_products(daemon, data_root):
     assert status["inference_latency"]["count"] >= 4
     assert status["torch_imported"] is False
     assert status["rss_mb"] < 250
-    metrics = c.get("/metrics").text
-    assert 'edge_runtime_inspections_total{product="bottle"' in metrics
+    samples = {(s.name, tuple(sorted(s.labels.items()))): s.value
+               for family in text_string_to_metric_families(c.get("/metrics").text)
+               for s in family.samples}
+    counted = sum(v for (name, labels), v in samples.items()
+                  if name == "edge_runtime_inspections_total" and ("product", "bottle") in labels)
+    assert counted == 3  # defect, good, defect again (the corrupt upload is refused)
+    assert samples[("edge_runtime_inference_latency_seconds_count", ())] == 4  # + transistor
+    assert samples[("edge_runtime_model_loaded", ())] == 1
+    versions = c.get("/models").json()
+    assert [v["version"] for v in versions] == [second["version"], first["version"]]
+    assert [v["live"] for v in versions] == [True, False]
+    assert versions[0]["products"] == ["bottle", "transistor"]
 
     # the operator's threshold override decides the verdict
     assert c.put(f"/products/{bottle_id}/threshold", json={"image": 1e9}).status_code == 200
@@ -85,8 +101,8 @@ def test_errors_are_json_with_the_right_status(daemon, data_root, tmp_path):
     missing = daemon.inspect("no-such-product", good)
     assert missing.status_code == 404 and "no product" in missing.json()["detail"]
     assert c.post("/products", json={"name": "../etc/passwd"}).status_code == 422
-    assert c.post("/products", json={"name": "bottle"}).status_code in (201, 409)
-    assert c.post("/products", json={"name": "bottle"}).status_code == 409
+    assert c.post("/products", json={"name": "twice"}).status_code == 201
+    assert c.post("/products", json={"name": "twice"}).status_code == 409
     fresh = c.post("/products", json={"name": "fresh-untrained"}).json()
     untrained = daemon.inspect(fresh["id"], good)
     assert untrained.status_code == 409 and "no trained model" in untrained.json()["detail"]
@@ -95,10 +111,6 @@ def test_errors_are_json_with_the_right_status(daemon, data_root, tmp_path):
     corrupt = tmp_path / "corrupt.png"
     corrupt.write_bytes(b"\x89PNG\r\n\x1a\n" + os.urandom(200))
     assert daemon.upload(fresh["id"], [corrupt]).status_code == 422
-    products = {p["name"]: p for p in c.get("/products").json()}
-    if products["bottle"]["trained"]:
-        bad = daemon.inspect("bottle", corrupt)
-        assert bad.status_code == 422 and "not a readable" in bad.json()["detail"]
     big = tmp_path / "big.png"
     big.write_bytes(os.urandom(2 * 2**20))
     assert daemon.upload(fresh["id"], [big]).status_code == 413

@@ -2,8 +2,9 @@
 
 from __future__ import annotations
 
-from daemon import Daemon
 from test_serial_bridge import Sim, _wait
+
+from edge_runtime.daemon_process import Daemon
 
 
 def test_trigger_to_verdict_through_the_daemon(tmp_path, data_root):

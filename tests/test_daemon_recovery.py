@@ -6,7 +6,7 @@ import subprocess
 import sys
 import time
 
-from daemon import Daemon
+from edge_runtime.daemon_process import Daemon
 
 
 def _pid_alive(pid: int) -> bool:

@@ -9,7 +9,7 @@ import subprocess
 import time
 from pathlib import Path
 
-from daemon import Daemon
+from edge_runtime.daemon_process import Daemon
 
 REPO = Path(__file__).resolve().parents[1]
 

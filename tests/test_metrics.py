@@ -1,7 +1,7 @@
 import numpy as np
 import pytest
 
-from edge_runtime import metrics
+from edge_runtime.evaluation import metrics
 
 
 def test_auroc_and_f1_on_a_hand_computed_case():

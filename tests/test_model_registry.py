@@ -7,11 +7,21 @@ import threading
 
 import pytest
 
-from edge_runtime import model_dir as md
-from edge_runtime.db import Database
-from edge_runtime.repositories import create_product
+from edge_runtime.inference import model_dir as md
+from edge_runtime.inference.model_dir import CURRENT
+from edge_runtime.services.errors import GoneError, NotFoundError
+from edge_runtime.services.events import EventBus
 from edge_runtime.services.inspection import InspectionService
-from edge_runtime.services.models import CURRENT, ModelRegistry
+from edge_runtime.services.metrics import Metrics
+from edge_runtime.services.models import ModelRegistry
+from edge_runtime.services.products import ProductService
+from edge_runtime.storage.db import Database
+from edge_runtime.storage.repositories import create_product
+
+
+def inspection_service(db: Database, registry: ModelRegistry, **kwargs) -> InspectionService:
+    return InspectionService(db, registry, ProductService(db, registry), Metrics(), EventBus(),
+                             **kwargs)
 
 
 @pytest.fixture()
@@ -45,7 +55,7 @@ def test_hot_swap_never_fails_an_inspection(registry, tmp_path, data_root):
     db = Database(tmp_path / "state.db")
     with db.connect() as conn:
         product = create_product(conn, "bottle", "")
-    service = InspectionService(db, registry, keep_recent_maps=4)
+    service = inspection_service(db, registry, keep_recent_maps=4)
     image = (data_root / "bottle" / "test" / "good" / "000.png").read_bytes()
     errors, versions = [], set()
     stop = threading.Event()
@@ -76,11 +86,15 @@ def test_old_versions_and_inspection_records_are_pruned(registry, tmp_path, data
     db = Database(tmp_path / "state.db")
     with db.connect() as conn:
         product = create_product(conn, "bottle", "")
-    service = InspectionService(db, registry, keep_recent_maps=2, keep_records=3)
+    service = inspection_service(db, registry, keep_recent_maps=2, keep_records=3)
     service.PRUNE_EVERY = 5
     image = (data_root / "bottle" / "test" / "good" / "000.png").read_bytes()
     ids = [service.inspect(product, image).id for _ in range(10)]
     with db.connect(write=False) as conn:
         kept = [row[0] for row in conn.execute("SELECT id FROM inspections ORDER BY id")]
     assert kept == ids[-3:]
-    assert service.recent_map(ids[-1]) is not None and service.recent_map(ids[0]) is None
+    assert service.recent_map(ids[-1]).anomaly_map.shape == (256, 256)
+    with pytest.raises(GoneError):  # its record is kept, its map is not
+        service.recent_map(ids[-3])
+    with pytest.raises(NotFoundError):  # its record was pruned
+        service.recent_map(ids[0])

@@ -2,10 +2,10 @@ import numpy as np
 import pytest
 import torch
 
-from edge_runtime.inferencer import AnomalyInferencer, TrunkRunner
-from edge_runtime.macs import inference_macs, training_step_macs
-from edge_runtime.onnx_export import export_merged, export_trunk
-from edge_runtime.torch_model import ModelSpec, PasteModel, build_parts
+from edge_runtime.inference.inferencer import AnomalyInferencer, TrunkRunner
+from edge_runtime.model.macs import inference_macs, training_step_macs
+from edge_runtime.model.onnx_export import export_merged, export_trunk
+from edge_runtime.model.torch_model import ModelSpec, PasteModel, build_parts
 
 
 @pytest.fixture(scope="module")

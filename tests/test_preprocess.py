@@ -4,7 +4,7 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from edge_runtime.preprocess import ImageError, preprocess
+from edge_runtime.inference.preprocess import ImageError, preprocess
 
 
 def _encode(image: Image.Image, fmt: str) -> bytes:

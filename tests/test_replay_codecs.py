@@ -1,7 +1,7 @@
 import numpy as np
 import pytest
 
-from edge_runtime.preprocess import load_rgb, normalise
+from edge_runtime.inference.preprocess import load_rgb, normalise
 from edge_runtime.replay.codecs import CODEC_NAMES, make_codec
 
 # stated error bounds on real trunk features (relative L2, mean cosine)
@@ -12,10 +12,10 @@ BOUNDS = {"fp32": (1e-7, 0.999999), "fp16": (1e-3, 0.9999), "uint8_map": (0.02, 
 @pytest.fixture(scope="module")
 def real_features(data_root, backbone_files):
     from edge_runtime.dataset import train_images
-    from edge_runtime.engine import Engine
+    from edge_runtime.training.bundle import ModelBundle
 
     images = train_images(data_root, "transistor", limit=12)
-    return Engine(files=backbone_files).features(images), images
+    return ModelBundle(files=backbone_files).features(images), images
 
 
 def _roundtrip(codec, samples):

@@ -5,11 +5,11 @@ import sys
 import numpy as np
 import torch
 
-from edge_runtime import model_dir as md
-from edge_runtime.evaluation import evaluate
-from edge_runtime.inferencer import AnomalyInferencer
-from edge_runtime.torch_model import ModelSpec, build_parts
-from edge_runtime.training import StudentTrainer, TrainConfig, holdout_split
+from edge_runtime.evaluation.evaluate import evaluate
+from edge_runtime.inference import model_dir as md
+from edge_runtime.inference.inferencer import AnomalyInferencer
+from edge_runtime.model.torch_model import ModelSpec, build_parts
+from edge_runtime.training.loop import StudentTrainer, TrainConfig, holdout_split
 
 
 def test_trained_maps_find_real_defects(bottle_model, data_root):
@@ -25,7 +25,7 @@ def test_model_dir_is_verified(bottle_model, tmp_path):
 
     manifest = md.read_manifest(bottle_model)
     assert set(manifest.files) == {md.MERGED, md.STUDENT, md.TRUNK}
-    assert manifest.products["bottle"]["thresholds"]["image"] > 0
+    assert manifest.thresholds["bottle"].image > 0
     broken = tmp_path / "broken"
     shutil.copytree(bottle_model, broken)
     with open(broken / md.MERGED, "ab") as handle:

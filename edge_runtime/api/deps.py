@@ -1,42 +1,22 @@
-"""Typed dependencies: every endpoint gets its collaborators from here."""
+"""Typed dependencies: every endpoint gets its services from here, and the token rule."""
 
 from __future__ import annotations
 
 import secrets
-from dataclasses import dataclass, field
-from pathlib import Path
 from typing import Annotated
 
 from fastapi import Depends, HTTPException, Request
 from fastapi import Path as PathParam
+from fastapi.security import HTTPAuthorizationCredentials, HTTPBearer
 
-from edge_runtime import repositories as repo
-from edge_runtime.camera import Camera
-from edge_runtime.db import Database
+from edge_runtime.services.captures import CaptureService
 from edge_runtime.services.inspection import InspectionService
 from edge_runtime.services.jobs import JobManager
 from edge_runtime.services.models import ModelRegistry
+from edge_runtime.services.products import SQLITE_MAX_ID, ProductService
+from edge_runtime.services.runtime import Runtime
+from edge_runtime.services.status import StatusService
 from edge_runtime.settings import Settings
-
-
-@dataclass
-class Runtime:
-    """Everything the daemon holds for its lifetime (app.state.runtime)."""
-
-    settings: Settings
-    db: Database
-    registry: ModelRegistry
-    inspections: InspectionService
-    jobs: JobManager
-    camera: Camera
-    started_at: float
-    camera_error: str | None = None
-    bridge: object | None = None
-    extra: dict = field(default_factory=dict)
-
-    @property
-    def captures_dir(self) -> Path:
-        return self.settings.data_path / "captures"
 
 
 def get_runtime(request: Request) -> Runtime:
@@ -46,33 +26,49 @@ def get_runtime(request: Request) -> Runtime:
 RuntimeDep = Annotated[Runtime, Depends(get_runtime)]
 
 
-def require_token(request: Request, runtime: RuntimeDep) -> None:
+def _part(attribute: str):
+    """A dependency that hands an endpoint one typed part of the runtime."""
+
+    def dependency(runtime: RuntimeDep):
+        return getattr(runtime, attribute)
+
+    return dependency
+
+
+SettingsDep = Annotated[Settings, Depends(_part("settings"))]
+ProductsDep = Annotated[ProductService, Depends(_part("products"))]
+CapturesDep = Annotated[CaptureService, Depends(_part("captures"))]
+InspectionsDep = Annotated[InspectionService, Depends(_part("inspections"))]
+JobsDep = Annotated[JobManager, Depends(_part("jobs"))]
+ModelsDep = Annotated[ModelRegistry, Depends(_part("models"))]
+StatusDep = Annotated[StatusService, Depends(_part("status"))]
+
+bearer = HTTPBearer(auto_error=False, description="api.token, required when one is configured")
+
+
+def require_token(
+    runtime: RuntimeDep,
+    credentials: Annotated[HTTPAuthorizationCredentials | None, Depends(bearer)],
+) -> None:
     """Mutating endpoints: a bearer token whenever one is configured (always off loopback)."""
     token = runtime.settings.api.token
     if not token:
         return
-    header = request.headers.get("authorization", "")
-    scheme, _, given = header.partition(" ")
-    if scheme.lower() != "bearer" or not secrets.compare_digest(given.strip(), token):
+    given = credentials.credentials.strip() if credentials else ""
+    if not secrets.compare_digest(given.encode(), token.encode()):
         raise HTTPException(401, "missing or wrong bearer token",
                             headers={"WWW-Authenticate": "Bearer"})
 
 
 Mutating = Depends(require_token)
 
-
-SQLITE_MAX_ID = 2**63 - 1
 ProductId = Annotated[int, PathParam(ge=1, le=SQLITE_MAX_ID)]
 JobId = Annotated[int, PathParam(ge=1, le=SQLITE_MAX_ID)]
 InspectionId = Annotated[int, PathParam(ge=1, le=SQLITE_MAX_ID)]
 
 
-def get_product_or_404(product_id: ProductId, runtime: RuntimeDep) -> dict:
-    with runtime.db.connect(write=False) as conn:
-        product = repo.get_product(conn, product_id)
-    if product is None:
-        raise HTTPException(404, f"no product with id {product_id}")
-    return product
+def get_product(product_id: ProductId, products: ProductsDep) -> dict:
+    return products.get(product_id)
 
 
-ProductDep = Annotated[dict, Depends(get_product_or_404)]
+ProductDep = Annotated[dict, Depends(get_product)]

@@ -82,3 +82,11 @@ class InspectionOut(BaseModel):
     latency_ms: float
     model_version: str
     map_url: str
+
+
+class ModelVersionOut(BaseModel):
+    version: str
+    created_at: float
+    products: list[str]
+    training: dict
+    live: bool

@@ -1,6 +1,7 @@
 """Captures: validated image bytes stored under ``<data>/captures/<product id>/``.
 
-File names come from ids and a random token, never from user input.
+File names come from ids and a random token, never from user input. Every image of a
+request is validated before any is stored, so a bad file leaves nothing behind.
 """
 
 from __future__ import annotations
@@ -11,10 +12,13 @@ from pathlib import Path
 
 from PIL import Image
 
-from edge_runtime import repositories as repo
 from edge_runtime.atomic import atomic_write_bytes
-from edge_runtime.db import Database
-from edge_runtime.preprocess import ImageError, load_rgb
+from edge_runtime.camera import MonitoredCamera
+from edge_runtime.data_layout import DataLayout
+from edge_runtime.inference.preprocess import load_rgb
+from edge_runtime.services.errors import InvalidRequestError
+from edge_runtime.storage import repositories as repo
+from edge_runtime.storage.db import Database
 
 SUFFIX = {"PNG": ".png", "JPEG": ".jpg"}
 
@@ -26,20 +30,37 @@ def image_info(data: bytes) -> tuple[str, int, int]:
         return image.format, image.width, image.height
 
 
-def store_capture(db: Database, root: Path, product_id: int, data: bytes, source: str,
-                  info: tuple[str, int, int] | None = None) -> dict:
-    """``info`` is image_info(data) when the caller already validated the bytes."""
-    fmt, width, height = info or image_info(data)
-    relative = Path(str(product_id)) / f"{secrets.token_hex(8)}{SUFFIX[fmt]}"
-    atomic_write_bytes(root / relative, data)
-    with db.connect() as conn:
-        return repo.add_capture(conn, product_id, str(relative), source, width, height,
-                                len(data))
+class CaptureService:
+    def __init__(self, db: Database, layout: DataLayout, camera: MonitoredCamera) -> None:
+        self.db, self.layout, self.camera = db, layout, camera
 
+    def add(self, product: dict, uploads: list[bytes], camera_frames: int = 0) -> dict:
+        """Uploads and camera frames, all validated first, then stored."""
+        if not uploads and not camera_frames:
+            raise InvalidRequestError("upload one or more files, or ask for camera_frames")
+        blobs = [(data, "upload") for data in uploads]
+        blobs += [(self.camera.capture(), f"camera:{self.camera.name}")
+                  for _ in range(camera_frames)]
+        infos = [image_info(data) for data, _ in blobs]
+        stored = [self._store(product["id"], data, source, info)
+                  for (data, source), info in zip(blobs, infos, strict=True)]
+        return {"count": len(stored), "captures": stored}
 
-def capture_paths(db: Database, root: Path, product_id: int) -> list[Path]:
-    with db.connect(write=False) as conn:
-        return [root / c["file"] for c in repo.list_captures(conn, product_id)]
+    def _store(self, product_id: int, data: bytes, source: str,
+               info: tuple[str, int, int]) -> dict:
+        fmt, width, height = info
+        relative = Path(str(product_id)) / f"{secrets.token_hex(8)}{SUFFIX[fmt]}"
+        atomic_write_bytes(self.layout.capture(relative), data)
+        with self.db.connect() as conn:
+            return repo.add_capture(conn, product_id, str(relative), source, width, height,
+                                    len(data))
 
+    def list(self, product_id: int, limit: int = -1, offset: int = 0) -> dict:
+        with self.db.connect(write=False) as conn:
+            rows = repo.list_captures(conn, product_id, limit, offset)
+            total = repo.count_captures(conn, product_id)
+        return {"count": total, "captures": rows}
 
-__all__ = ["ImageError", "capture_paths", "image_info", "store_capture"]
+    def paths(self, product_id: int) -> list[Path]:
+        with self.db.connect(write=False) as conn:
+            return [self.layout.capture(c["file"]) for c in repo.list_captures(conn, product_id)]

@@ -1,26 +1,29 @@
-"""Inspections: image -> map, score, verdict; latency statistics; recent maps in RAM."""
+"""Inspections: image -> map, score, verdict (by the inferencer); records, recent maps in
+RAM, latency statistics, metrics and events."""
 
 from __future__ import annotations
 
 import collections
 import threading
 import time
-from dataclasses import dataclass
+from dataclasses import asdict, dataclass
 
 import numpy as np
 
-from edge_runtime import repositories as repo
-from edge_runtime.db import Database
-from edge_runtime.preprocess import load_rgb, normalise
+from edge_runtime.inference.thresholds import Thresholds
+from edge_runtime.services import events
+from edge_runtime.services.errors import GoneError, found
+from edge_runtime.services.metrics import Metrics
 from edge_runtime.services.models import ModelRegistry
-
-
-class NotTrainedError(RuntimeError):
-    """The product has no trained model yet (HTTP 409)."""
+from edge_runtime.services.products import ProductService
+from edge_runtime.storage import repositories as repo
+from edge_runtime.storage.db import Database
 
 
 @dataclass
-class InspectionResult:
+class InspectionRecord:
+    """One inspection as the API reports it (the row plus what decided it)."""
+
     id: int
     product_id: int
     product: str
@@ -35,62 +38,64 @@ class InspectionResult:
 class RecentMap:
     rgb: np.ndarray  # uint8 (S, S, 3)
     anomaly_map: np.ndarray  # float16 (S, S)
-    pixel_threshold: float
+    thresholds: Thresholds
 
 
 class InspectionService:
     PRUNE_EVERY = 1000
 
-    def __init__(self, db: Database, registry: ModelRegistry, keep_recent_maps: int,
+    def __init__(self, db: Database, registry: ModelRegistry, products: ProductService,
+                 metrics: Metrics, bus: events.EventBus, keep_recent_maps: int,
                  keep_records: int = 100_000) -> None:
-        self.db, self.registry = db, registry
+        self.db, self.registry, self.products = db, registry, products
+        self.metrics, self.bus = metrics, bus
         self.keep_records = keep_records
         self._lock = threading.Lock()
         self._latencies: collections.deque[float] = collections.deque(maxlen=2000)
         self._recent: collections.OrderedDict[int, RecentMap] = collections.OrderedDict()
         self._keep = keep_recent_maps
-        self.counts: collections.Counter[tuple[str, str]] = collections.Counter()
 
-    def thresholds(self, product: dict) -> dict:
-        live = self.registry.live
-        trained = live.thresholds(product["name"]) if live else None
-        if trained is None:
-            raise NotTrainedError(f"product {product['name']!r} has no trained model yet; "
-                                  f"add captures and POST /products/{product['id']}/train")
-        return {
-            "image": product["image_threshold_override"] or trained["image"],
-            "pixel": product["pixel_threshold_override"] or trained["pixel"],
-        }
-
-    def inspect(self, product: dict, data: bytes, source: str = "upload") -> InspectionResult:
-        thresholds = self.thresholds(product)
+    def inspect(self, product: dict, data: bytes, source: str = "upload") -> InspectionRecord:
+        thresholds = self.products.thresholds(product)  # 409 before decoding anything
         live = self.registry.live  # one reference for the whole request: swaps can't break it
         started = time.perf_counter()
-        rgb = load_rgb(data, live.inferencer.image_size)
-        amap, score = live.inferencer.forward(normalise(rgb)[None])
-        latency_ms = (time.perf_counter() - started) * 1000
-        score = float(score[0])
-        verdict = "reject" if score > thresholds["image"] else "pass"
+        rgb = live.inferencer.load(data)
+        prediction = live.inferencer.predict(rgb, thresholds)
+        seconds = time.perf_counter() - started
         with self.db.connect(durable=False) as conn:
-            inspection_id = repo.add_inspection(conn, product["id"], score, verdict,
-                                                thresholds["image"], latency_ms, live.version,
-                                                source)
+            inspection_id = repo.add_inspection(conn, product["id"], prediction.score,
+                                                prediction.label, thresholds.image,
+                                                seconds * 1000, live.version, source)
             if inspection_id % self.PRUNE_EVERY == 0:
                 repo.prune_inspections(conn, self.keep_records)
+        self.metrics.observe_inspection(product["name"], prediction.label, seconds)
         with self._lock:
-            self._latencies.append(latency_ms)
-            self.counts[(product["name"], verdict)] += 1
+            self._latencies.append(seconds * 1000)
             if self._keep:
-                self._recent[inspection_id] = RecentMap(rgb, amap[0, 0].astype(np.float16),
-                                                        thresholds["pixel"])
+                self._recent[inspection_id] = RecentMap(
+                    rgb, prediction.anomaly_map.astype(np.float16), thresholds)
                 while len(self._recent) > self._keep:
                     self._recent.popitem(last=False)
-        return InspectionResult(inspection_id, product["id"], product["name"], score, verdict,
-                                thresholds["image"], round(latency_ms, 3), live.version)
+        record = InspectionRecord(inspection_id, product["id"], product["name"],
+                                  prediction.score, prediction.label, thresholds.image,
+                                  round(seconds * 1000, 3), live.version)
+        self.bus.publish(events.INSPECTION, asdict(record) | {"source": source})
+        return record
 
-    def recent_map(self, inspection_id: int) -> RecentMap | None:
+    def get(self, inspection_id: int) -> dict:
+        with self.db.connect(write=False) as conn:
+            return found(repo.get_inspection(conn, inspection_id),
+                         f"no inspection with id {inspection_id}")
+
+    def recent_map(self, inspection_id: int) -> RecentMap:
+        """The map of a recent inspection; 404 if it never existed, 410 if no longer kept."""
         with self._lock:
-            return self._recent.get(inspection_id)
+            recent = self._recent.get(inspection_id)
+        if recent is None:
+            self.get(inspection_id)
+            raise GoneError(f"the map of inspection {inspection_id} is no longer kept "
+                            f"(the last {self._keep} are kept in memory)")
+        return recent
 
     def latency_stats(self) -> dict:
         with self._lock:

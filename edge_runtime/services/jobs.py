@@ -7,34 +7,38 @@ import subprocess
 import sys
 import threading
 import time
-from pathlib import Path
 
-from edge_runtime import repositories as repo
-from edge_runtime.db import Database
+from edge_runtime.atomic import atomic_write_bytes
+from edge_runtime.services import events
+from edge_runtime.services.errors import JobConflictError, TooFewCapturesError, found
 from edge_runtime.services.models import ModelRegistry
 from edge_runtime.settings import Settings
-from edge_runtime.workers.train_worker import settings_json
+from edge_runtime.storage import repositories as repo
+from edge_runtime.storage.db import Database
 
 log = logging.getLogger("edge_runtime.jobs")
 
 
-class JobConflictError(RuntimeError):
-    """Another training job is running (HTTP 409)."""
-
-
-class TooFewCapturesError(ValueError):
-    """Not enough captures to train (HTTP 422)."""
-
-
 class JobManager:
-    def __init__(self, settings: Settings, db: Database, registry: ModelRegistry) -> None:
-        self.settings, self.db, self.registry = settings, db, registry
+    def __init__(self, settings: Settings, db: Database, registry: ModelRegistry,
+                 bus: events.EventBus) -> None:
+        self.settings, self.db, self.registry, self.bus = settings, db, registry, bus
+        self.layout = settings.layout
         self._lock = threading.Lock()
         self._process: subprocess.Popen | None = None
         self._job_id: int | None = None
+        self._last_seen: dict | None = None
         self._stop = threading.Event()
         self._thread = threading.Thread(target=self._monitor, name="jobs", daemon=True)
-        self.logs = settings.data_path / "logs"
+
+    def recover(self) -> int:
+        """At start-up: a job that was running when the daemon died can never finish."""
+        with self.db.connect() as conn:
+            failed = repo.fail_interrupted_jobs(
+                conn, "the daemon stopped while this job ran; start training again")
+        if failed:
+            log.warning("marked %d interrupted training job(s) as failed", failed)
+        return failed
 
     def start_monitor(self) -> None:
         self._thread.start()
@@ -45,43 +49,57 @@ class JobManager:
             if self._process and self._process.poll() is None:
                 self._process.terminate()
 
+    def get(self, job_id: int) -> dict:
+        with self.db.connect(write=False) as conn:
+            return found(repo.get_job(conn, job_id), f"no job with id {job_id}")
+
+    def active(self) -> dict | None:
+        with self.db.connect(write=False) as conn:
+            return repo.active_job(conn)
+
     def submit(self, product: dict, params: dict) -> dict:
         with self._lock:
-            with self.db.connect() as conn:
-                if repo.active_job(conn):
-                    raise JobConflictError("another training job is running; wait for it or "
-                                           "cancel it")
-                count = repo.count_captures(conn, product["id"])
-                if count < self.settings.training.min_captures:
-                    raise TooFewCapturesError(
-                        f"product {product['name']!r} has {count} captures; training needs "
-                        f"at least {self.settings.training.min_captures}")
-                job = repo.create_job(conn, product["id"], params)
-            self.logs.mkdir(parents=True, exist_ok=True)
-            log_file = open(self.logs / f"job-{job['id']}.log", "ab")  # noqa: SIM115
-            cmd = [sys.executable, "-m", "edge_runtime.workers.train_worker",
-                   "--job", str(job["id"]), "--settings-json", settings_json(self.settings)]
+            job = self._create(product, params)
             try:
-                self._process = subprocess.Popen(cmd, stdout=log_file,
-                                                 stderr=subprocess.STDOUT,
-                                                 stdin=subprocess.DEVNULL)
+                self._process = self._spawn(job["id"])
             except OSError as exc:  # a job that never started must not block the queue
                 with self.db.connect() as conn:
                     repo.update_job(conn, job["id"], status="failed", finished_at=time.time(),
                                     error=f"could not start the training worker: {exc}")
                 raise
-            finally:
-                log_file.close()
             self._job_id = job["id"]
             return job
 
-    def cancel(self, job_id: int) -> dict | None:
+    def _create(self, product: dict, params: dict) -> dict:
+        minimum = self.settings.training.min_captures
+        with self.db.connect() as conn:
+            if repo.active_job(conn):
+                raise JobConflictError("another training job is running; wait for it or "
+                                       "cancel it")
+            count = repo.count_captures(conn, product["id"])
+            if count < minimum:
+                raise TooFewCapturesError(f"product {product['name']!r} has {count} captures; "
+                                          f"training needs at least {minimum}")
+            return repo.create_job(conn, product["id"], params)
+
+    def _spawn(self, job_id: int) -> subprocess.Popen:
+        """The worker reads its settings from a file only the service user can read."""
+        settings_file = self.layout.job_settings(job_id)
+        atomic_write_bytes(settings_file, self.settings.to_json().encode())  # mode 0600
+        self.layout.logs.mkdir(parents=True, exist_ok=True)
+        cmd = [sys.executable, "-m", "edge_runtime.workers.train_worker",
+               "--job", str(job_id), "--settings-file", str(settings_file)]
+        with open(self.layout.job_log(job_id), "ab") as log_file:
+            return subprocess.Popen(cmd, stdout=log_file, stderr=subprocess.STDOUT,
+                                    stdin=subprocess.DEVNULL)
+
+    def cancel(self, job_id: int) -> dict:
         with self.db.connect() as conn:
             job = repo.get_job(conn, job_id)
             if job and job["status"] in repo.ACTIVE_JOB_STATES:
                 repo.update_job(conn, job_id, cancel_requested=1)
                 job = repo.get_job(conn, job_id)
-        return job
+        return found(job, f"no job with id {job_id}")
 
     def _monitor(self) -> None:
         while not self._stop.wait(0.25):
@@ -93,31 +111,38 @@ class JobManager:
     def _check(self) -> None:
         with self._lock:
             process, job_id = self._process, self._job_id
-        if process is None or process.poll() is None:
+        if process is None:
+            return
+        if process.poll() is None:
+            self._publish_progress(job_id)
             return
         with self._lock:
             self._process, self._job_id = None, None
+        self.layout.job_settings(job_id).unlink(missing_ok=True)
         with self.db.connect() as conn:
             job = repo.get_job(conn, job_id)
             if job["status"] in repo.ACTIVE_JOB_STATES:
                 repo.update_job(conn, job_id, status="failed", finished_at=time.time(),
                                 error=f"worker exited with code {process.returncode}; "
-                                      f"see {self.logs / f'job-{job_id}.log'}")
-                return
+                                      f"see {self.layout.job_log(job_id)}")
         if job["status"] == "succeeded" and job["version"]:
-            try:
-                live = self.registry.promote(job["version"])
-            except Exception as exc:  # noqa: BLE001
-                with self.db.connect() as conn:
-                    repo.update_job(conn, job_id, status="failed",
-                                    error=f"new version failed verification: {exc}")
-                return
-            with self.db.connect() as conn:
-                repo.set_current_version(conn, live.version)
-            log.info("model %s is live", live.version)
+            self._promote(job_id, job["version"])
+        self._publish_progress(job_id)
 
-    def log_tail(self, job_id: int, size: int = 2000) -> str:
-        path = Path(self.logs / f"job-{job_id}.log")
-        if not path.exists():
-            return ""
-        return path.read_bytes()[-size:].decode(errors="replace")
+    def _promote(self, job_id: int, version: str) -> None:
+        try:
+            live = self.registry.promote(version)
+        except Exception as exc:  # noqa: BLE001
+            with self.db.connect() as conn:
+                repo.update_job(conn, job_id, status="failed",
+                                error=f"new version failed verification: {exc}")
+            return
+        log.info("model %s is live", live.version)
+        self.bus.publish(events.MODEL, {"version": live.version, "job_id": job_id,
+                                        "products": sorted(live.manifest.thresholds)})
+
+    def _publish_progress(self, job_id: int) -> None:
+        job = self.get(job_id)
+        if job != self._last_seen:
+            self._last_seen = job
+            self.bus.publish(events.JOB, {k: v for k, v in job.items() if k != "pid"})

@@ -2,31 +2,40 @@
 
 from __future__ import annotations
 
-from edge_runtime import repositories as repo
+from edge_runtime.camera import MonitoredCamera
+from edge_runtime.inference.thresholds import REJECT
+from edge_runtime.services.inspection import InspectionService
+from edge_runtime.services.products import ProductService
+from edge_runtime.settings import SerialSettings
 from firmware_bridge.bridge import Bridge, BridgeConfig
 from firmware_bridge.protocol import Verdict
 
 
-def start_line_bridge(runtime) -> Bridge | None:
-    cfg = runtime.settings.serial
-    if not cfg.url:
-        return None
+class LineService:
+    """Owns the serial bridge when ``serial.url`` is set; answers each trigger."""
 
-    def on_trigger(product_id: int) -> tuple[Verdict, float]:
-        with runtime.db.connect(write=False) as conn:
-            product = repo.get_product(conn, product_id)
-        if product is None:
-            raise LookupError(f"trigger for unknown product id {product_id}")
-        try:
-            frame = runtime.camera.capture()
-        except Exception as exc:
-            runtime.camera_error = str(exc)
-            raise
-        result = runtime.inspections.inspect(product, frame, source="serial")
-        decision = Verdict.REJECT if result.verdict == "reject" else Verdict.PASS
-        return decision, result.score
+    def __init__(self, config: SerialSettings, products: ProductService,
+                 camera: MonitoredCamera, inspections: InspectionService) -> None:
+        self.config = config
+        self.products, self.camera, self.inspections = products, camera, inspections
+        self.bridge: Bridge | None = None
 
-    config = BridgeConfig(cfg.url, cfg.baudrate, cfg.deadline_ms,
-                          Verdict.REJECT if cfg.failsafe == "reject" else Verdict.PASS,
-                          cfg.heartbeat_s)
-    return Bridge(config, on_trigger).start()
+    def on_trigger(self, product_id: int) -> tuple[Verdict, float]:
+        product = self.products.get(product_id)  # unknown id: the bridge sends the fail-safe
+        record = self.inspections.inspect(product, self.camera.capture(), source="serial")
+        return (Verdict.REJECT if record.verdict == REJECT else Verdict.PASS), record.score
+
+    def start(self) -> None:
+        cfg = self.config
+        if not cfg.url:
+            return
+        failsafe = Verdict.REJECT if cfg.failsafe == "reject" else Verdict.PASS
+        config = BridgeConfig(cfg.url, cfg.baudrate, cfg.deadline_ms, failsafe, cfg.heartbeat_s)
+        self.bridge = Bridge(config, self.on_trigger).start()
+
+    def close(self) -> None:
+        if self.bridge is not None:
+            self.bridge.close()
+
+    def status(self) -> dict | None:
+        return self.bridge.status() if self.bridge is not None else None

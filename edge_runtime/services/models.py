@@ -1,22 +1,26 @@
 """Model versions on disk and the live ORT session, hot-swapped without failing requests.
 
 Versions live in ``<data>/models/v<job>/``; ``<data>/models/CURRENT`` names the live one
-and is replaced atomically. A request holds a reference to the LiveModel it started with,
-so a swap never fails or delays it; the old session is freed when the last request ends.
+and is replaced atomically: the directories and CURRENT are the one truth about which
+versions exist and which one serves. A request holds a reference to the LiveModel it
+started with, so a swap never fails or delays it; the old session is freed when the last
+request ends.
 """
 
 from __future__ import annotations
 
+import logging
 import shutil
 import threading
 from dataclasses import dataclass
 from pathlib import Path
 
-from edge_runtime import model_dir as md
 from edge_runtime.atomic import atomic_write_bytes
-from edge_runtime.inferencer import AnomalyInferencer
+from edge_runtime.inference import model_dir as md
+from edge_runtime.inference.inferencer import AnomalyInferencer
+from edge_runtime.inference.thresholds import Thresholds
 
-CURRENT = "CURRENT"
+log = logging.getLogger("edge_runtime.models")
 
 
 @dataclass
@@ -26,8 +30,18 @@ class LiveModel:
     manifest: md.Manifest
     inferencer: AnomalyInferencer
 
-    def thresholds(self, product: str) -> dict | None:
-        return self.manifest.products.get(product, {}).get("thresholds")
+    def thresholds(self, product: str) -> Thresholds | None:
+        """The calibrated thresholds of ``product``; None if this model never learned it."""
+        return self.manifest.thresholds.get(product)
+
+
+@dataclass(frozen=True)
+class VersionInfo:
+    version: str
+    created_at: float
+    products: list[str]
+    training: dict
+    live: bool
 
 
 class ModelRegistry:
@@ -44,26 +58,31 @@ class ModelRegistry:
     def live(self) -> LiveModel | None:
         return self._live
 
-    def version_dir(self, name: str) -> Path:
-        return self.root / name
+    def thresholds(self, product: str) -> Thresholds | None:
+        """What the live model calibrated for ``product`` (None: not trained)."""
+        live = self._live
+        return live.thresholds(product) if live else None
+
+    def _version_names(self) -> list[str]:
+        return sorted((p.name for p in self.root.iterdir() if p.is_dir()
+                       and p.name.startswith("v")), reverse=True)
 
     def _load(self, name: str) -> LiveModel:
-        directory = self.version_dir(name)
+        directory = self.root / name
         manifest = md.read_manifest(directory, verify=True)
-        inferencer = AnomalyInferencer(directory / md.MERGED, manifest.spec["image_size"],
+        inferencer = AnomalyInferencer(directory / md.MERGED, manifest.image_size,
                                        self.threads, self.spinning)
         return LiveModel(name, directory, manifest, inferencer)
 
     def open_last_good(self) -> LiveModel | None:
         """CURRENT if it verifies, else the newest version that does (None on day one)."""
-        pointer = self.root / CURRENT
-        names = [pointer.read_text().strip()] if pointer.exists() else []
-        names += sorted((p.name for p in self.root.iterdir() if p.is_dir()
-                         and p.name.startswith("v")), reverse=True)
+        current = md.current_version(self.root)
+        names = ([current] if current else []) + self._version_names()
         for name in names:
             try:
                 live = self._load(name)
-            except Exception:  # noqa: BLE001 - unreadable or corrupt: try the next one
+            except Exception as exc:  # noqa: BLE001 - unreadable or corrupt: try the next one
+                log.warning("model version %s cannot be served: %s", name, exc)
                 continue
             self._publish(live)
             return live
@@ -75,9 +94,22 @@ class ModelRegistry:
         self._publish(live)
         return live
 
+    def versions(self) -> list[VersionInfo]:
+        """Every version on disk whose manifest reads, newest first."""
+        live = self._live.version if self._live else None
+        out = []
+        for name in self._version_names():
+            try:
+                manifest = md.read_manifest(self.root / name, verify=False)
+            except md.ModelDirError:
+                continue
+            out.append(VersionInfo(name, manifest.created_at, sorted(manifest.thresholds),
+                                   manifest.training, name == live))
+        return out
+
     def _publish(self, live: LiveModel) -> None:
         with self._lock:
-            atomic_write_bytes(self.root / CURRENT, live.version.encode())
+            atomic_write_bytes(self.root / md.CURRENT, live.version.encode())
             self._live = live
         self._prune(live.version)
 

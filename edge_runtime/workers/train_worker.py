@@ -1,8 +1,8 @@
 """Training worker: one job, in its own process (torch lives here, never in the API).
 
-Continual training of one product with replay from the on-disk store, starting from the
-live student. Writes a complete new model version directory; only the API process makes
-it current. Progress, cancellation and the outcome go through the jobs table.
+load the job (what to learn, from which captures, on top of which live model) -> the
+training recipe (training/recipe.py) -> record the outcome. Only the API process makes the
+new version current. Progress, cancellation and the outcome go through the jobs table.
 """
 
 from __future__ import annotations
@@ -17,12 +17,15 @@ import signal
 import sys
 import time
 import traceback
-from dataclasses import asdict
+from dataclasses import dataclass
+from pathlib import Path
 
-from edge_runtime import repositories as repo
+from edge_runtime.data_layout import DataLayout
 from edge_runtime.dataset import spread
-from edge_runtime.db import Database
-from edge_runtime.settings import Settings, _apply
+from edge_runtime.inference import model_dir as md
+from edge_runtime.settings import Settings
+from edge_runtime.storage import repositories as repo
+from edge_runtime.storage.db import Database
 
 
 def set_parent_death_signal() -> None:
@@ -48,6 +51,9 @@ class JobReporter:
             with self.db.connect() as conn:
                 repo.update_job(conn, self.job_id, only_if_active=True, **values)
 
+    def phase(self, name: str) -> None:
+        self.update(force=True, phase=name)
+
     def progress(self, p) -> None:
         done = (p.epoch - 1) * p.steps + p.step
         total = p.epochs * p.steps
@@ -68,98 +74,107 @@ class JobReporter:
         return self._stop
 
 
-def run(job_id: int, settings: Settings, parent: int) -> int:
-    import torch
+@dataclass
+class JobInput:
+    """Everything a job learns from, read once from the database and the model root."""
 
-    from edge_runtime import model_dir as md
-    from edge_runtime.continual import ContinualTrainer
-    from edge_runtime.engine import Engine, calibrate_product
-    from edge_runtime.macs import inference_macs
-    from edge_runtime.services.models import CURRENT
-    from edge_runtime.torch_model import ModelSpec
-    from edge_runtime.training import TrainConfig, TrainingCancelled, holdout_split
-    from edge_runtime.weights import resolve_backbone_files
+    job_id: int
+    product: str
+    images: list[Path]
+    earlier: dict[str, list[Path]]  # products the live model knows -> their captures
+    current: str | None  # the live version the student continues from
+    epochs: int
 
-    data = settings.data_path
-    db = Database(data / "state.db")
-    reporter = JobReporter(db, job_id, parent)
+
+def load_job(db: Database, layout: DataLayout, job_id: int, settings: Settings) -> JobInput:
+    cfg = settings.training
     with db.connect() as conn:
         job = repo.get_job(conn, job_id)
         product = repo.get_product(conn, job["product_id"])
-        products = {p["id"]: p for p in repo.list_products(conn)}
-        captures = {pid: [data / "captures" / c["file"] for c in repo.list_captures(conn, pid)]
-                    for pid in products}
+        names = {p["name"]: p["id"] for p in repo.list_products(conn)}
+        captures = {pid: [layout.capture(c["file"]) for c in repo.list_captures(conn, pid)]
+                    for pid in names.values()}
         repo.update_job(conn, job_id, status="running", started_at=time.time(),
                         pid=os.getpid(), phase="loading")
     params = json.loads(job["params"])
+    current = md.current_version(layout.models)
+    known = md.read_manifest(layout.models / current).thresholds if current else {}
+    earlier = {name: spread(captures.get(names.get(name), []), cfg.max_images)
+               for name in known if name != product["name"]}
+    images = spread(captures[product["id"]], params.get("max_images", cfg.max_images))
+    return JobInput(job_id, product["name"], images, earlier, current,
+                    params.get("epochs", cfg.epochs))
+
+
+def train(job: JobInput, settings: Settings, layout: DataLayout, reporter: JobReporter):
+    """The recipe, continuing from the live student, with replay of earlier products."""
+    import torch
+
+    from edge_runtime.model.macs import inference_macs
+    from edge_runtime.model.torch_model import ModelSpec
+    from edge_runtime.model.weights import resolve_backbone_files
+    from edge_runtime.training.bundle import ModelBundle
+    from edge_runtime.training.continual import ContinualTrainer
+    from edge_runtime.training.loop import TrainConfig
+    from edge_runtime.training.recipe import Hooks, learn_product
+
     cfg = settings.training
     torch.set_num_threads(cfg.threads)
-    config = TrainConfig(epochs=params.get("epochs", cfg.epochs), seed=cfg.seed)
-    files = resolve_backbone_files(settings.model.weights_dir or None)
-    work = data / "work" / f"job-{job_id}"
-    engine = Engine(ModelSpec.paste(), files, cfg.seed, cfg.threads, work_dir=work)
-    models = data / "models"
-    current = (models / CURRENT).read_text().strip() if (models / CURRENT).exists() else None
-    previous = md.read_manifest(models / current) if current else None
+    previous = layout.models / job.current if job.current else None
+    spec = ModelSpec.from_dict(md.read_manifest(previous).spec) if previous else ModelSpec()
+    bundle = ModelBundle(spec, resolve_backbone_files(settings.model.weights_dir or None),
+                         cfg.seed, cfg.threads, work_dir=layout.job_work(job.job_id))
     if previous:
-        engine.load_student(models / current)
-    trainer = ContinualTrainer(engine, "replay", cfg.codec, data / "replay",
-                               cfg.replay_samples, config)
-    images = spread(captures[product["id"]], params.get("max_images", cfg.max_images))
-    reporter.update(force=True, phase="features")
-    task = trainer.prepare(product["name"], images)
+        bundle.load_student(previous)
+    trainer = ContinualTrainer(bundle, "replay", cfg.codec, layout.replay, cfg.replay_samples,
+                               TrainConfig(epochs=job.epochs, seed=cfg.seed))
+    macs = inference_macs(bundle.spec, bundle.trunk, bundle.teacher, bundle.student)
+    return learn_product(
+        trainer, job.product, job.images, layout.models / f"v{job.job_id:06d}", job.earlier,
+        training_info={"job": job.job_id, "macs": macs, "codec": cfg.codec},
+        hooks=Hooks(phase=reporter.phase, progress=reporter.progress,
+                    should_stop=reporter.should_stop))
+
+
+def run(job_id: int, settings: Settings, parent: int) -> int:
+    from edge_runtime.training.loop import TrainingCancelled
+
+    layout = settings.layout
+    db = Database(layout.db)
+    reporter = JobReporter(db, job_id, parent)
+    job = load_job(db, layout, job_id, settings)
     try:
-        trainer.learn(task, reporter.progress, reporter.should_stop)
+        learned = train(job, settings, layout, reporter)
     except TrainingCancelled:
         with db.connect() as conn:
             repo.update_job(conn, job_id, only_if_active=True, status="cancelled",
                             finished_at=time.time(), phase="cancelled")
         return 0
-    reporter.update(force=True, phase="saving")
-    version = f"v{job_id:06d}"
-    known = set(previous.products) if previous else set()
-    names = {p["name"]: p["id"] for p in products.values()}
-    learned = sorted(known | {product["name"]})
-    macs = inference_macs(engine.spec, engine.trunk, engine.teacher, engine.student)
-    target = engine.save(models / version, training={
-        "job": job_id, "product": product["name"], "macs": macs, "images": len(images),
-        "codec": cfg.codec})
-    thresholds = {}
-    for name in learned:
-        paths = spread(captures.get(names.get(name), []), cfg.max_images)
-        _, held = holdout_split(len(paths), config.val_fraction, config.seed)
-        normal = [paths[i] for i in held] or paths
-        thresholds[name] = {"thresholds": calibrate_product(target, normal, cfg.threads)}
-    md.update_products(target, thresholds)
     with db.connect() as conn:
-        repo.add_version(conn, version, job_id, learned)
-        repo.update_job(conn, job_id, only_if_active=True, status="succeeded", version=version,
-                        finished_at=time.time(), phase="done", eta_seconds=0.0)
+        repo.update_job(conn, job_id, only_if_active=True, status="succeeded",
+                        version=learned.directory.name, finished_at=time.time(),
+                        phase="done", eta_seconds=0.0)
     return 0
 
 
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description="edge-runtime training worker")
     parser.add_argument("--job", type=int, required=True)
-    parser.add_argument("--settings-json", required=True)
+    parser.add_argument("--settings-file", type=Path, required=True)
     parser.add_argument("--parent", type=int, default=os.getppid())
     args = parser.parse_args(argv)
-    settings = _apply(Settings(), json.loads(args.settings_json), "")
+    settings = Settings.from_json(args.settings_file.read_text())
     try:
         return run(args.job, settings, args.parent)
     except Exception as exc:  # noqa: BLE001 - every failure is reported on the job
         traceback.print_exc()
-        db = Database(settings.data_path / "state.db")
+        db = Database(settings.layout.db)
         with db.connect() as conn:
             repo.update_job(conn, args.job, only_if_active=True, status="failed",
                             error=f"{type(exc).__name__}: {exc}", finished_at=time.time())
         return 1
     finally:
-        shutil.rmtree(settings.data_path / "work" / f"job-{args.job}", ignore_errors=True)
-
-
-def settings_json(settings: Settings) -> str:
-    return json.dumps(asdict(settings))
+        shutil.rmtree(settings.layout.job_work(args.job), ignore_errors=True)
 
 
 if __name__ == "__main__":

@@ -7,7 +7,7 @@ from __future__ import annotations
 
 import numpy as np
 
-from edge_runtime.preprocess import normalise
+from edge_runtime.inference.preprocess import normalise
 from edge_runtime.replay.codecs.base import Codec, Encoded
 
 

@@ -15,11 +15,17 @@ from pathlib import Path
 
 import numpy as np
 
-from edge_runtime.engine import Engine
-from edge_runtime.preprocess import load_rgb
+from edge_runtime.inference.preprocess import load_rgb
 from edge_runtime.replay.codecs import FEATURE_CODECS, make_codec
 from edge_runtime.replay.store import ReplayStore
-from edge_runtime.training import Progress, TrainConfig, TrainResult, holdout_split
+from edge_runtime.training.bundle import ModelBundle
+from edge_runtime.training.loop import (
+    Progress,
+    StudentTrainer,
+    TrainConfig,
+    TrainResult,
+    holdout_split,
+)
 
 STRATEGIES = ("finetune", "joint", "replay")
 
@@ -32,14 +38,14 @@ class TrunkReplay:
     """Raw-image replay for PaSTe: decoded images go through the ORT trunk, one batch at a
     time, so the student sees the same trunk features as for live images."""
 
-    def __init__(self, store: ReplayStore, engine: Engine) -> None:
-        self.store, self.engine = store, engine
+    def __init__(self, store: ReplayStore, bundle: ModelBundle) -> None:
+        self.store, self.bundle = store, bundle
 
     def __len__(self) -> int:
         return len(self.store)
 
     def sample(self, rng: np.random.Generator, count: int) -> np.ndarray:
-        return self.engine.trunk_runner().features(self.store.sample(rng, count))
+        return self.bundle.trunk_runner().features(self.store.sample(rng, count))
 
 
 @dataclass
@@ -59,7 +65,7 @@ class TaskData:
 
 @dataclass
 class ContinualTrainer:
-    engine: Engine
+    bundle: ModelBundle
     strategy: str = "replay"
     codec: str = "uint8_channel"
     store_dir: str | os.PathLike[str] | None = None
@@ -67,20 +73,20 @@ class ContinualTrainer:
     config: TrainConfig = field(default_factory=TrainConfig)
     codec_params: dict = field(default_factory=dict)
     store: ReplayStore | None = field(init=False, default=None)
-    seen: list[TaskData] = field(init=False, default_factory=list)
+    _seen: list[TaskData] = field(init=False, default_factory=list)
 
     def __post_init__(self) -> None:
         if self.strategy not in STRATEGIES:
             raise StrategyError(f"strategy must be one of {STRATEGIES}, got {self.strategy!r}")
         if self.strategy != "replay":
             return
-        if self.engine.spec.mode == "stfpm" and self.codec in FEATURE_CODECS:
+        if self.bundle.spec.mode == "stfpm" and self.codec in FEATURE_CODECS:
             raise StrategyError(
                 f"STFPM mode has no frozen trunk, so it can only replay raw images; codec "
                 f"{self.codec!r} stores trunk features (use codec 'image')"
             )
         if self.store_dir is None:
-            self.store_dir = self.engine.work_dir / "replay"
+            self.store_dir = self.bundle.work_dir / "replay"
         codec = make_codec(self.codec, **self.codec_params)
         self.store = ReplayStore(self.store_dir, codec, self.capacity, self.config.seed)
 
@@ -90,14 +96,14 @@ class ContinualTrainer:
         train_idx, val_idx = holdout_split(len(images), self.config.val_fraction,
                                            self.config.seed)
         task = TaskData(product, images, train_idx, val_idx)
-        task.features = self.engine.features(images, progress)
+        task.features = self.bundle.features(images, progress)
         return task
 
     def _replay_source(self):
         if self.store is None or len(self.store) == 0:
             return None
-        if self.store.codec.input_kind == "image" and self.engine.spec.mode == "paste":
-            return TrunkReplay(self.store, self.engine)
+        if self.store.codec.input_kind == "image" and self.bundle.spec.mode == "paste":
+            return TrunkReplay(self.store, self.bundle)
         return self.store
 
     def learn(
@@ -108,22 +114,33 @@ class ContinualTrainer:
     ) -> TrainResult:
         """Train on one more product, then remember it (replay) or keep it (joint)."""
         assert task.features is not None
-        tasks = [*[t for t in self.seen if t.product != task.product], task]
+        tasks = [*[t for t in self._seen if t.product != task.product], task]
         if self.strategy == "joint":
             train = np.concatenate([t.features[t.train_index] for t in tasks])
             val = np.concatenate([t.features[t.val_index] for t in tasks])
         else:
             train, val = task.features[task.train_index], task.features[task.val_index]
         replay = self._replay_source() if self.strategy == "replay" else None
-        result = self.engine.train(train, val, self.config, replay, on_progress, should_stop)
+        trainer = StudentTrainer(self.bundle.teacher, self.bundle.student, self.config)
+        result = trainer.fit(train, val, replay, on_progress, should_stop)
         if self.store is not None:
             self.store.add(task.product, self._store_samples(task))
-        self.seen = tasks if self.strategy == "joint" else [*tasks[:-1], _light(task)]
+        self._seen = tasks if self.strategy == "joint" else [*tasks[:-1], _light(task)]
         return result
+
+    @property
+    def seen(self) -> tuple[TaskData, ...]:
+        """The products learned (or kept) so far, in order."""
+        return tuple(self._seen)
+
+    def keep(self, task: TaskData) -> None:
+        """Hold an earlier product's data as if it had been learned here: joint training
+        learns every kept product at once with the next one (its upper bound)."""
+        self._seen = [*[t for t in self._seen if t.product != task.product], task]
 
     def _store_samples(self, task: TaskData) -> np.ndarray:
         if self.store is not None and self.store.codec.input_kind == "image":
-            size = self.engine.spec.image_size
+            size = self.bundle.spec.image_size
             return np.stack([load_rgb(task.images[i], size) for i in task.train_index])
         return task.features[task.train_index]
 

@@ -1,6 +1,8 @@
 """ONNX Runtime inference, with no torch: load -> pre-process -> forward -> post-process.
 
-The serving process and the training worker's feature extraction both use this module.
+``AnomalyInferencer.predict`` is the one path from an image to a verdict: the daemon, the
+CLI, calibration and the benchmarks all call it. The training worker's feature extraction
+uses ``TrunkRunner`` from here too.
 """
 
 from __future__ import annotations
@@ -8,12 +10,14 @@ from __future__ import annotations
 import os
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
-from pathlib import Path
 
 import numpy as np
 import onnxruntime as ort
 
-from edge_runtime.preprocess import preprocess
+from edge_runtime.inference.preprocess import load_rgb, normalise, preprocess
+from edge_runtime.inference.thresholds import Thresholds, calibrate
+
+Image = bytes | str | os.PathLike[str] | np.ndarray  # encoded bytes, a path, or uint8 HxWx3 RGB
 
 
 def session_options(threads: int = 0, spinning: bool = False) -> ort.SessionOptions:
@@ -40,9 +44,10 @@ def open_session(
 
 
 @dataclass
-class Inspection:
+class Prediction:
     anomaly_map: np.ndarray  # float32 (S, S)
     score: float
+    label: str | None = None  # "pass" | "reject"; None without thresholds
 
 
 class AnomalyInferencer:
@@ -58,28 +63,42 @@ class AnomalyInferencer:
         self.image_size = image_size
         self.session = open_session(graph_path, threads, spinning)
 
-    def preprocess(self, source: bytes | str | os.PathLike[str]) -> np.ndarray:
-        return preprocess(source, self.image_size)
+    def load(self, source: Image) -> np.ndarray:
+        """uint8 (S, S, 3) RGB: decoded and resized once (the overlay reuses it)."""
+        if isinstance(source, np.ndarray):
+            return source
+        return load_rgb(source, self.image_size)
+
+    def preprocess(self, rgb: np.ndarray) -> np.ndarray:
+        return normalise(rgb)
 
     def forward(self, batch: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
         amap, score = self.session.run(["anomaly_map", "score"], {"image": batch})
         return amap, score
 
-    def postprocess(self, amap: np.ndarray, score: np.ndarray) -> list[Inspection]:
-        return [Inspection(m[0], float(s)) for m, s in zip(amap, score, strict=True)]
+    def postprocess(self, amap: np.ndarray, score: np.ndarray,
+                    thresholds: Thresholds | None = None) -> list[Prediction]:
+        return [Prediction(m[0], float(s), thresholds.verdict(float(s)) if thresholds else None)
+                for m, s in zip(amap, score, strict=True)]
 
-    def inspect(self, source: bytes | str | os.PathLike[str]) -> Inspection:
-        batch = self.preprocess(source)[None]
-        return self.postprocess(*self.forward(batch))[0]
+    def predict(self, image: Image, thresholds: Thresholds | None = None) -> Prediction:
+        batch = self.preprocess(self.load(image))[None]
+        return self.postprocess(*self.forward(batch), thresholds)[0]
 
-    def inspect_many(
-        self, sources: Sequence[str | os.PathLike[str]], batch_size: int = 8
-    ) -> list[Inspection]:
-        results: list[Inspection] = []
-        for start in range(0, len(sources), batch_size):
-            batch = np.stack([self.preprocess(s) for s in sources[start : start + batch_size]])
-            results += self.postprocess(*self.forward(batch))
+    def predict_many(self, images: Sequence[Image], thresholds: Thresholds | None = None,
+                     batch_size: int = 8) -> list[Prediction]:
+        results: list[Prediction] = []
+        for start in range(0, len(images), batch_size):
+            part = images[start : start + batch_size]
+            batch = np.stack([self.preprocess(self.load(i)) for i in part])
+            results += self.postprocess(*self.forward(batch), thresholds)
         return results
+
+    def calibrate(self, normal_images: Sequence[Image]) -> Thresholds:
+        """Thresholds from held-out normal images only: nobody has defect labels on day one."""
+        results = self.predict_many(list(normal_images))
+        return calibrate(np.stack([r.anomaly_map for r in results]),
+                         np.array([r.score for r in results]))
 
 
 class TrunkRunner:
@@ -109,11 +128,3 @@ class TrunkRunner:
             if progress:
                 progress(min(start + batch_size, len(sources)), len(sources))
         return np.concatenate(chunks) if chunks else np.zeros((0,), np.float32)
-
-
-def trunk_graph(model_dir: Path) -> Path:
-    return Path(model_dir) / "trunk.onnx"
-
-
-def merged_graph(model_dir: Path) -> Path:
-    return Path(model_dir) / "paste.onnx"

@@ -9,6 +9,7 @@ from typing import Any
 
 Row = dict[str, Any]
 ACTIVE_JOB_STATES = ("queued", "running")
+_ACTIVE = "(" + ", ".join(f"'{state}'" for state in ACTIVE_JOB_STATES) + ")"  # SQL literal
 
 
 def _row(row: sqlite3.Row | None) -> Row | None:
@@ -80,7 +81,7 @@ def get_job(conn, job_id: int) -> Row | None:
 
 def active_job(conn) -> Row | None:
     return _row(conn.execute(
-        "SELECT * FROM jobs WHERE status IN ('queued', 'running') ORDER BY id LIMIT 1"
+        f"SELECT * FROM jobs WHERE status IN {_ACTIVE} ORDER BY id LIMIT 1"
     ).fetchone())
 
 
@@ -89,31 +90,15 @@ def update_job(conn, job_id: int, only_if_active: bool = False, **values: Any) -
     columns = ", ".join(f"{k} = ?" for k in values)
     sql = f"UPDATE jobs SET {columns} WHERE id = ?"
     if only_if_active:
-        sql += " AND status IN ('queued', 'running')"
+        sql += f" AND status IN {_ACTIVE}"
     return conn.execute(sql, (*values.values(), job_id)).rowcount > 0
 
 
 def fail_interrupted_jobs(conn, reason: str) -> int:
     return conn.execute(
         "UPDATE jobs SET status = 'failed', error = ?, finished_at = ? "
-        "WHERE status IN ('queued', 'running')", (reason, time.time()),
+        f"WHERE status IN {_ACTIVE}", (reason, time.time()),
     ).rowcount
-
-
-# ---- model versions ----------------------------------------------------------------------
-def add_version(conn, name: str, job_id: int | None, products: list[str]) -> None:
-    conn.execute(
-        "INSERT OR REPLACE INTO model_versions (name, job_id, products, created_at) "
-        "VALUES (?, ?, ?, ?)", (name, job_id, json.dumps(products), time.time()),
-    )
-
-
-def set_current_version(conn, name: str) -> None:
-    conn.execute("UPDATE model_versions SET is_current = (name = ?)", (name,))
-
-
-def list_versions(conn) -> list[Row]:
-    return [dict(r) for r in conn.execute("SELECT * FROM model_versions ORDER BY name")]
 
 
 # ---- inspections -------------------------------------------------------------------------

@@ -16,7 +16,7 @@ from typing import Protocol
 import numpy as np
 import torch
 
-from edge_runtime.torch_model import Tail, stfpm_loss
+from edge_runtime.model.torch_model import Tail, stfpm_loss
 
 
 @dataclass(frozen=True)

@@ -14,7 +14,7 @@ from math import prod
 import torch
 from torch.utils.flop_counter import FlopCounterMode
 
-from edge_runtime.torch_model import ModelSpec, Tail, Trunk, stfpm_loss
+from edge_runtime.model.torch_model import ModelSpec, Tail, Trunk, stfpm_loss
 
 
 def _conv_backward_flops(grad_out_shape, x_shape, w_shape, bias, stride, padding, dilation,

@@ -8,10 +8,11 @@ from pathlib import Path
 
 import numpy as np
 
-from edge_runtime import metrics
 from edge_runtime.dataset import test_samples
-from edge_runtime.inferencer import AnomalyInferencer
-from edge_runtime.preprocess import load_mask
+from edge_runtime.evaluation import metrics
+from edge_runtime.inference.inferencer import AnomalyInferencer
+from edge_runtime.inference.preprocess import load_mask
+from edge_runtime.inference.thresholds import REJECT, Thresholds
 
 
 def evaluate(
@@ -19,7 +20,7 @@ def evaluate(
     data_root: str | os.PathLike[str],
     category: str,
     limit_per_kind: int | None = None,
-    thresholds: dict | None = None,
+    thresholds: Thresholds | None = None,
     progress: Callable[[int, int], None] | None = None,
     with_aupro: bool = True,
 ) -> dict[str, float]:
@@ -28,10 +29,13 @@ def evaluate(
     size = inferencer.image_size
     maps = np.empty((len(samples), size, size), dtype=np.float32)
     scores = np.empty(len(samples), dtype=np.float32)
+    rejected = np.zeros(len(samples), dtype=bool)
     for start in range(0, len(samples), 8):
         part = samples[start : start + 8]
-        for offset, result in enumerate(inferencer.inspect_many([s.image for s in part])):
+        predictions = inferencer.predict_many([s.image for s in part], thresholds)
+        for offset, result in enumerate(predictions):
             maps[start + offset], scores[start + offset] = result.anomaly_map, result.score
+            rejected[start + offset] = result.label == REJECT
         if progress:
             progress(start + len(part), len(samples))
     masks = np.stack([load_mask(s.mask, size) for s in samples])
@@ -46,6 +50,6 @@ def evaluate(
         "test_images": len(samples),
     }
     if thresholds:
-        out["operational_image_f1"] = metrics.f1_at(labels, scores, thresholds["image"])
-        out["operational_pixel_f1"] = metrics.f1_at(masks, maps, thresholds["pixel"])
+        out["operational_image_f1"] = metrics.f1_of(labels, rejected)
+        out["operational_pixel_f1"] = metrics.f1_at(masks, maps, thresholds.pixel)
     return out

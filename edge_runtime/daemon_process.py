@@ -1,4 +1,7 @@
-"""A real daemon on loopback: `edge-runtime serve` as a subprocess, plus an httpx client."""
+"""A real daemon on loopback: `edge-runtime serve` as a child process, driven over HTTP.
+
+For integration tests, benchmarks and smoke checks on a board (needs httpx, a test extra).
+"""
 
 from __future__ import annotations
 

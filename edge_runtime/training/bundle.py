@@ -1,8 +1,8 @@
-"""Training-side glue: the torch parts, the ORT trunk, the trainer and the model directory.
+"""The model bundle on the torch side: trunk, teacher tail and student tail of one spec.
 
-One Engine holds one student across products (continual learning keeps a single
-task-agnostic model); it computes trunk features in ORT, trains in torch, and writes
-complete, verified model directories.
+One bundle holds one student across products (continual learning keeps a single
+task-agnostic model). It computes trunk features in ORT (the graph the daemon serves),
+loads a student from a model directory, and saves complete, verified model directories.
 """
 
 from __future__ import annotations
@@ -15,16 +15,15 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from edge_runtime import model_dir as md
-from edge_runtime.calibration import calibrate
-from edge_runtime.inferencer import AnomalyInferencer, TrunkRunner
-from edge_runtime.onnx_export import export_merged, export_trunk
-from edge_runtime.torch_model import ModelSpec, PasteModel, build_parts
-from edge_runtime.training import Progress, ReplaySource, StudentTrainer, TrainConfig, TrainResult
-from edge_runtime.weights import BackboneFiles, resolve_backbone_files
+from edge_runtime.inference import model_dir as md
+from edge_runtime.inference.inferencer import TrunkRunner
+from edge_runtime.inference.thresholds import Thresholds
+from edge_runtime.model.onnx_export import export_merged, export_trunk
+from edge_runtime.model.torch_model import ModelSpec, PasteModel, build_parts
+from edge_runtime.model.weights import BackboneFiles, resolve_backbone_files
 
 
-class Engine:
+class ModelBundle:
     def __init__(
         self,
         spec: ModelSpec | None = None,
@@ -65,18 +64,6 @@ class Engine:
         """Trunk output (ORT) for each image: computed once, then reused every epoch."""
         return self.trunk_runner().features_for(sources, progress=progress)
 
-    def train(
-        self,
-        features: np.ndarray,
-        val_features: np.ndarray | None,
-        config: TrainConfig,
-        replay: ReplaySource | None = None,
-        on_progress: Callable[[Progress], None] | None = None,
-        should_stop: Callable[[], bool] | None = None,
-    ) -> TrainResult:
-        trainer = StudentTrainer(self.teacher, self.student, config)
-        return trainer.fit(features, val_features, replay, on_progress, should_stop)
-
     def load_student(self, directory: str | os.PathLike[str]) -> None:
         manifest = md.read_manifest(directory)
         if ModelSpec.from_dict(manifest.spec) != self.spec:
@@ -88,7 +75,7 @@ class Engine:
     def save(
         self,
         target: str | os.PathLike[str],
-        products: dict[str, dict] | None = None,
+        thresholds: dict[str, Thresholds] | None = None,
         training: dict | None = None,
     ) -> Path:
         """Student weights + merged graph + trunk graph + manifest, complete or not at all."""
@@ -99,22 +86,5 @@ class Engine:
             export_merged(model, tmp / md.MERGED)
             export_trunk(self.trunk, self.spec.image_size, tmp / md.TRUNK)
 
-        manifest = md.Manifest(self.spec.to_dict(), {}, products or {}, training or {})
+        manifest = md.Manifest(self.spec.to_dict(), {}, thresholds or {}, training or {})
         return md.write_model_dir(target, write, manifest)
-
-
-def calibrate_product(
-    directory: str | os.PathLike[str],
-    normal_images: Sequence[str | os.PathLike[str]],
-    threads: int = 0,
-    inferencer: AnomalyInferencer | None = None,
-) -> dict:
-    """Thresholds from held-out normal images only: nobody has defect labels on day one."""
-    if inferencer is None:
-        manifest = md.read_manifest(directory)
-        inferencer = AnomalyInferencer(
-            Path(directory) / md.MERGED, manifest.spec["image_size"], threads
-        )
-    results = inferencer.inspect_many(list(normal_images))
-    maps = np.stack([r.anomaly_map for r in results])
-    return calibrate(maps, np.array([r.score for r in results])).to_dict()

@@ -1,4 +1,7 @@
-"""SQLite state of the daemon: products, captures, jobs, model versions, inspections.
+"""SQLite state of the daemon: products, captures, jobs, inspections.
+
+Model versions are not here: the model directories and ``models/CURRENT`` are the one
+truth about which versions exist and which is live (services/models.py).
 
 WAL mode so the training worker (another process) can write job progress while the API
 reads; synchronous=FULL so a committed row survives power loss.
@@ -11,7 +14,7 @@ from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
 
-SCHEMA_VERSION = 1
+SCHEMA_VERSION = 2  # 2: model_versions dropped (models/CURRENT is the truth)
 SCHEMA = """
 CREATE TABLE IF NOT EXISTS products (
     id INTEGER PRIMARY KEY AUTOINCREMENT,
@@ -52,13 +55,7 @@ CREATE TABLE IF NOT EXISTS jobs (
     started_at REAL,
     finished_at REAL
 );
-CREATE TABLE IF NOT EXISTS model_versions (
-    name TEXT PRIMARY KEY,
-    job_id INTEGER REFERENCES jobs(id),
-    products TEXT NOT NULL,
-    created_at REAL NOT NULL,
-    is_current INTEGER NOT NULL DEFAULT 0
-);
+DROP TABLE IF EXISTS model_versions;
 CREATE TABLE IF NOT EXISTS inspections (
     id INTEGER PRIMARY KEY AUTOINCREMENT,
     product_id INTEGER NOT NULL REFERENCES products(id),
@@ -81,7 +78,7 @@ class Database:
         try:
             conn.execute("PRAGMA journal_mode=WAL")
             version = conn.execute("PRAGMA user_version").fetchone()[0]
-            if version not in (0, SCHEMA_VERSION):
+            if version > SCHEMA_VERSION:
                 raise RuntimeError(f"{self.path}: schema version {version} is newer than "
                                    f"this edge-runtime ({SCHEMA_VERSION})")
             conn.executescript(f"BEGIN;{SCHEMA}PRAGMA user_version={SCHEMA_VERSION};COMMIT;")

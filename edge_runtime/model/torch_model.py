@@ -15,8 +15,8 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from edge_runtime.backbone import build_mcunet, numbered_layers
-from edge_runtime.weights import BackboneFiles
+from edge_runtime.model.backbone import build_mcunet, numbered_layers
+from edge_runtime.model.weights import BackboneFiles
 
 MODES = ("paste", "stfpm")
 

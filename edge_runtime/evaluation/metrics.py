@@ -37,8 +37,13 @@ def average_precision(labels: np.ndarray, scores: np.ndarray) -> float:
 
 def f1_at(labels: np.ndarray, scores: np.ndarray, threshold: float) -> float:
     """F1 of the decision ``score > threshold`` (a threshold fixed without labels)."""
+    return f1_of(labels, np.asarray(scores).ravel() > threshold)
+
+
+def f1_of(labels: np.ndarray, predicted: np.ndarray) -> float:
+    """F1 of given decisions (True = anomalous) against the labels."""
     labels = np.asarray(labels).ravel().astype(bool)
-    predicted = np.asarray(scores).ravel() > threshold
+    predicted = np.asarray(predicted).ravel().astype(bool)
     tp = np.count_nonzero(predicted & labels)
     denominator = np.count_nonzero(predicted) + np.count_nonzero(labels)
     return float(2 * tp / denominator) if denominator else float("nan")

@@ -9,7 +9,7 @@ import torch
 from torch import nn
 
 from edge_runtime.atomic import atomic_path
-from edge_runtime.torch_model import PasteModel, Trunk
+from edge_runtime.model.torch_model import PasteModel, Trunk
 
 OPSET = 17
 

@@ -11,7 +11,7 @@ import json
 import torch
 from torch import nn
 
-from edge_runtime.weights import BackboneFiles, resolve_backbone_files
+from edge_runtime.model.weights import BackboneFiles, resolve_backbone_files
 
 
 def _network_class():

@@ -16,12 +16,14 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from edge_runtime.atomic import atomic_write_bytes, fsync_dir, sha256_file
+from edge_runtime.inference.thresholds import Thresholds
 
 MANIFEST = "manifest.json"
 STUDENT = "student.pt"
 MERGED = "paste.onnx"
 TRUNK = "trunk.onnx"
-FORMAT_VERSION = 1
+CURRENT = "CURRENT"  # in a models root: the name of the live version, replaced atomically
+FORMAT_VERSION = 2  # 2: typed per-product thresholds; 1 (read only): products.*.thresholds
 
 
 class ModelDirError(RuntimeError):
@@ -32,13 +34,33 @@ class ModelDirError(RuntimeError):
 class Manifest:
     spec: dict
     files: dict[str, str]
-    products: dict[str, dict] = field(default_factory=dict)
+    thresholds: dict[str, Thresholds] = field(default_factory=dict)  # per product name
     training: dict = field(default_factory=dict)
     created_at: float = field(default_factory=time.time)
     format_version: int = FORMAT_VERSION
 
+    @property
+    def image_size(self) -> int:
+        return int(self.spec["image_size"])
+
     def to_json(self) -> bytes:
-        return json.dumps(self.__dict__, indent=2, sort_keys=True).encode()
+        data = self.__dict__ | {"thresholds": {name: t.to_dict()
+                                               for name, t in self.thresholds.items()}}
+        return json.dumps(data, indent=2, sort_keys=True).encode()
+
+    @classmethod
+    def from_json(cls, data: dict) -> Manifest:
+        version = data.get("format_version")
+        if version == 1:  # per-product {"thresholds": {...}} wrappers
+            products = data.pop("products", {})
+            data["thresholds"] = {n: p["thresholds"] for n, p in products.items()
+                                  if p.get("thresholds")}
+            data["format_version"] = FORMAT_VERSION
+        elif version != FORMAT_VERSION:
+            raise ValueError(f"format {version} is not supported (this edge-runtime reads "
+                             f"1..{FORMAT_VERSION})")
+        data["thresholds"] = {n: Thresholds.from_dict(t) for n, t in data["thresholds"].items()}
+        return cls(**data)
 
 
 def read_manifest(directory: str | os.PathLike[str], verify: bool = True) -> Manifest:
@@ -47,12 +69,9 @@ def read_manifest(directory: str | os.PathLike[str], verify: bool = True) -> Man
     if not path.is_file():
         raise ModelDirError(f"{directory} is not a trained model (no {MANIFEST})")
     try:
-        data = json.loads(path.read_text())
-        manifest = Manifest(**data)
-    except (ValueError, TypeError) as exc:
+        manifest = Manifest.from_json(json.loads(path.read_text()))
+    except (ValueError, TypeError, KeyError) as exc:
         raise ModelDirError(f"{path} is unreadable: {exc}") from exc
-    if manifest.format_version != FORMAT_VERSION:
-        raise ModelDirError(f"{path}: format {manifest.format_version} is not supported")
     if verify:
         for name, digest in manifest.files.items():
             file = directory / name
@@ -95,9 +114,18 @@ def write_model_dir(
     return target
 
 
-def update_products(directory: str | os.PathLike[str], products: dict[str, dict]) -> None:
-    """Rewrite the manifest's per-product section (thresholds) atomically."""
+def set_thresholds(directory: str | os.PathLike[str], thresholds: dict[str, Thresholds]) -> None:
+    """Rewrite the manifest's per-product thresholds atomically."""
     directory = Path(directory)
     manifest = read_manifest(directory, verify=False)
-    manifest.products = products
+    manifest.thresholds = dict(thresholds)
     atomic_write_bytes(directory / MANIFEST, manifest.to_json())
+
+
+def current_version(root: str | os.PathLike[str]) -> str | None:
+    """The version CURRENT names in a models root, or None (day one, or unreadable)."""
+    try:
+        name = (Path(root) / CURRENT).read_bytes().decode("ascii").strip()
+    except (OSError, UnicodeDecodeError):
+        return None
+    return name if name and "/" not in name and not name.startswith(".") else None

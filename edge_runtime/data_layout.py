@@ -1,0 +1,54 @@
+"""Every path under the daemon's data directory, named in one place.
+
+Nothing here comes from user input: product names never become paths; captures are
+stored under their product's numeric id with random file names.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from pathlib import Path
+
+
+@dataclass(frozen=True)
+class DataLayout:
+    root: Path
+
+    @property
+    def db(self) -> Path:
+        return self.root / "state.db"
+
+    @property
+    def captures(self) -> Path:
+        return self.root / "captures"
+
+    @property
+    def replay(self) -> Path:
+        return self.root / "replay"
+
+    @property
+    def models(self) -> Path:
+        return self.root / "models"
+
+    @property
+    def logs(self) -> Path:
+        return self.root / "logs"
+
+    @property
+    def work(self) -> Path:
+        return self.root / "work"
+
+    def job_work(self, job_id: int) -> Path:
+        """Scratch space of one training job (trunk graph, cached features); removed after."""
+        return self.work / f"job-{job_id}"
+
+    def job_log(self, job_id: int) -> Path:
+        return self.logs / f"job-{job_id}.log"
+
+    def job_settings(self, job_id: int) -> Path:
+        """The settings a worker runs with, readable by the service user only (the API
+        token must not appear on a command line, where any local user can read it)."""
+        return self.work / f"job-{job_id}.settings.json"
+
+    def capture(self, relative: str | Path) -> Path:
+        return self.captures / relative

@@ -1,0 +1,1 @@
+"""Test-set metrics (scikit-learn, scipy): benchmarks and the CLI, never the daemon."""

@@ -1,0 +1,55 @@
+"""The daemon's services, built once at start-up and wired to each other, typed."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+from edge_runtime.camera import MonitoredCamera, make_camera
+from edge_runtime.services.captures import CaptureService
+from edge_runtime.services.events import EventBus
+from edge_runtime.services.inspection import InspectionService
+from edge_runtime.services.jobs import JobManager
+from edge_runtime.services.line import LineService
+from edge_runtime.services.metrics import Metrics
+from edge_runtime.services.models import ModelRegistry
+from edge_runtime.services.products import ProductService
+from edge_runtime.services.status import StatusService
+from edge_runtime.settings import Settings
+from edge_runtime.storage.db import Database
+
+
+@dataclass(frozen=True)
+class Runtime:
+    settings: Settings
+    events: EventBus
+    metrics: Metrics
+    models: ModelRegistry
+    products: ProductService
+    captures: CaptureService
+    inspections: InspectionService
+    jobs: JobManager
+    line: LineService
+    status: StatusService
+    camera: MonitoredCamera
+
+
+def build_runtime(settings: Settings) -> Runtime:
+    """Open state, fail jobs a crash interrupted, load the last good model."""
+    layout = settings.layout
+    layout.root.mkdir(parents=True, exist_ok=True)
+    db = Database(layout.db)
+    bus, metrics = EventBus(), Metrics()
+    models = ModelRegistry(layout.models, settings.model.threads, settings.model.spinning)
+    jobs = JobManager(settings, db, models, bus)
+    jobs.recover()
+    models.open_last_good()
+    camera = MonitoredCamera(make_camera(settings.camera.kind, settings.camera.directory))
+    products = ProductService(db, models)
+    inspections = InspectionService(db, models, products, metrics, bus,
+                                    settings.inspection.keep_recent_maps,
+                                    settings.inspection.keep_records)
+    line = LineService(settings.serial, products, camera, inspections)
+    status = StatusService(settings, models, products, jobs, inspections, camera, line)
+    metrics.add_state(status.collect)
+    return Runtime(settings, bus, metrics, models, products, CaptureService(db, layout, camera),
+                   inspections, jobs, line, status, camera)
