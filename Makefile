@@ -20,11 +20,13 @@ $(BIN)/.stamp: pyproject.toml Makefile
 
 venv: $(BIN)/.stamp
 
-# The firmware test builds the reference firmware with avr-gcc (Debian: gcc-avr, avr-libc).
+# The firmware test builds the reference firmware with avr-gcc (Debian: gcc-avr, avr-libc);
+# the event tests start a real MQTT broker (Debian: mosquitto).
 toolchain:
-	@command -v avr-gcc >/dev/null || { \
-	  if [ "$$(id -u)" = 0 ]; then apt-get update -qq && apt-get install -y -qq gcc-avr avr-libc; \
-	  else echo "install the AVR toolchain: sudo apt-get install gcc-avr avr-libc"; exit 1; fi; }
+	@command -v avr-gcc >/dev/null && command -v mosquitto >/dev/null || { \
+	  if [ "$$(id -u)" = 0 ]; then apt-get update -qq && \
+	    apt-get install -y -qq gcc-avr avr-libc mosquitto mosquitto-clients; \
+	  else echo "sudo apt-get install gcc-avr avr-libc mosquitto mosquitto-clients"; exit 1; fi; }
 
 test: venv toolchain
 	$(BIN)/ruff check edge_runtime firmware_bridge benchmarks tests
