@@ -246,3 +246,29 @@ def test_webhook_retries_in_order_until_the_receiver_takes_them(tmp_path):
     finally:
         sinks.stop()
         server.shutdown()
+
+
+def test_outbox_metrics_parse_with_prometheus_client(tmp_path):
+    from prometheus_client import CollectorRegistry, generate_latest
+    from prometheus_client.parser import text_string_to_metric_families
+
+    from edge_runtime.events.metrics import EventSinksCollector
+
+    mqtt = MqttSettings(enabled=True, url=f"mqtt://127.0.0.1:{free_port()}",  # nobody there
+                        device_id="d", outbox_max_messages=3)
+    sinks = EventSinks(tmp_path / "outbox.db", mqtt, NO_WEBHOOK).start()
+    try:
+        for i in range(5):
+            _verdict(sinks, i)
+        time.sleep(0.05)
+        registry = CollectorRegistry()
+        registry.register(EventSinksCollector(sinks))
+        text = generate_latest(registry).decode()
+    finally:
+        sinks.stop()
+    samples = {(s.name, tuple(sorted(s.labels.items()))): s.value
+               for family in text_string_to_metric_families(text) for s in family.samples}
+    assert samples[("edge_runtime_outbox_messages", (("sink", "mqtt"),))] == 3
+    assert samples[("edge_runtime_outbox_dropped_total", (("sink", "mqtt"),))] == 2
+    assert samples[("edge_runtime_outbox_oldest_age_seconds", (("sink", "mqtt"),))] >= 0.05
+    assert samples[("edge_runtime_mqtt_connected", ())] == 0
