@@ -36,6 +36,7 @@ class EventSinks:
         self.device_id = device_id(mqtt)
         self.outbox = Outbox(outbox_path, sinks, mqtt.outbox_max_messages)
         self._health = health or dict
+        self.unsubscribe: Callable[[], None] = lambda: None  # set by whoever subscribes us
         self.mqtt = self.webhook = None
         if mqtt.enabled:
             from edge_runtime.events.mqtt import MqttPublisher  # paho only when MQTT is on
