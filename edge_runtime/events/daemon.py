@@ -13,6 +13,7 @@ from typing import TYPE_CHECKING
 from edge_runtime.events.metrics import EventSinksCollector
 from edge_runtime.events.sinks import EventSinks
 from edge_runtime.services import events
+from firmware_bridge.bridge import current_trigger_seq
 
 if TYPE_CHECKING:
     from edge_runtime.services.runtime import Runtime
@@ -41,10 +42,13 @@ class BusToOutbox:
 
     def _verdict(self, event: events.Event) -> None:
         p = event.payload
+        trigger_seq = p.get("trigger_seq")
+        if trigger_seq is None and p.get("source") == "serial":
+            trigger_seq = current_trigger_seq()  # published on the bridge's answering thread
         self.sinks.emit("verdict", when=event.time, inspection_id=p["id"], product=p["product"],
                         score=p["score"], threshold=p["threshold"], verdict=p["verdict"],
                         latency_ms=p["latency_ms"], model_version=p["model_version"],
-                        source=p.get("source", "upload"), trigger_seq=p.get("trigger_seq"))
+                        source=p.get("source", "upload"), trigger_seq=trigger_seq)
 
     def _job(self, event: events.Event) -> None:
         p = event.payload

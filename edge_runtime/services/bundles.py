@@ -36,6 +36,7 @@ BUNDLE_FORMAT = 1
 INDEX = "bundle.json"
 _MEMBER = re.compile(r"^(model|replay)/[A-Za-z0-9][A-Za-z0-9._-]{0,127}$")
 _CHUNK = 1 << 20
+VERSION_PATTERN = r"v[0-9A-Za-z._-]{1,80}"
 
 
 class BundleError(InvalidRequestError):
@@ -53,7 +54,7 @@ class ImportResult:
 
 
 def _version_dir(registry: ModelRegistry, version: str) -> Path:
-    if not re.fullmatch(r"v[0-9A-Za-z._-]{1,80}", version) or ".." in version:
+    if not re.fullmatch(VERSION_PATTERN, version) or ".." in version:
         raise NotFoundError(f"no model version {version!r}")
     directory = registry.root / version
     if not (directory / md.MANIFEST).is_file():
@@ -158,7 +159,8 @@ def _extract_verified(tar: tarfile.TarFile, files: dict[str, str], target: Path)
     seen = set()
     for member in tar:  # the iteration starts again with the index, read already
         name = member.name
-        if name == INDEX and member is tar.firstmember:
+        if name == INDEX and INDEX not in seen:
+            seen.add(INDEX)
             continue
         if name not in files or name in seen or not member.isfile():
             raise BundleError(f"unexpected entry {name!r} in the bundle (tampered?)")
@@ -174,7 +176,7 @@ def _extract_verified(tar: tarfile.TarFile, files: dict[str, str], target: Path)
             os.fsync(dst.fileno())
         if digest.hexdigest() != files[name]:
             raise BundleError(f"{name} fails its checksum: the bundle was altered or damaged")
-    missing = sorted(set(files) - seen)
+    missing = sorted(set(files) - seen - {INDEX})
     if missing:
         raise BundleError(f"the bundle is incomplete: {', '.join(missing[:5])} missing")
 

@@ -1,0 +1,55 @@
+"""The MQTT phase of service_load.py: the same daemon data restarted with MQTT off and on,
+in interleaved rounds, against a real Mosquitto on loopback. Reports the inspection p50 of
+both, the verdict-to-subscriber delivery time, and how many verdicts never arrived."""
+
+from __future__ import annotations
+
+import tempfile
+from collections.abc import Callable
+from pathlib import Path
+
+import numpy as np
+from daemon import Daemon  # tests/ is on sys.path (service_load.py puts it there)
+from mosquitto import Mosquitto, Subscriber
+
+
+def _round(data_dir: Path, env: dict, hammer: Callable, jpegs: list[bytes], count: int,
+           clients: int, label: str) -> tuple[dict, int]:
+    """(the measured run, how many inspections succeeded including the warm-up)."""
+    daemon = Daemon(data_dir, env=env)
+    daemon.start()
+    try:
+        warm = hammer(daemon, jpegs, 20, clients, f"{label} warm-up")
+        result = hammer(daemon, jpegs, count, clients, label)
+    finally:
+        daemon.stop()
+    return result, warm["count"] - warm["errors"] + result["count"] - result["errors"]
+
+
+def run_mqtt_phase(data_dir: Path, jpegs: list[bytes], count: int, clients: int,
+                   hammer: Callable, rounds: int = 2) -> dict:
+    broker = Mosquitto(Path(tempfile.mkdtemp()) / "broker")
+    broker.start()
+    sub = Subscriber(broker, "edge-runtime/bench/verdict", client_id="bench")
+    on = {"EDGE_RUNTIME_MQTT_ENABLED": "true", "EDGE_RUNTIME_MQTT_URL": broker.url,
+          "EDGE_RUNTIME_MQTT_DEVICE_ID": "bench"}
+    per_round = max(count // rounds, 20)
+    off_p50, on_p50, sent = [], [], 0
+    try:
+        for r in range(rounds):
+            off, _ = _round(data_dir, {}, hammer, jpegs, per_round, clients,
+                            f"mqtt off {r + 1}/{rounds}")
+            off_p50.append(off["p50_ms"])
+            result, ok = _round(data_dir, on, hammer, jpegs, per_round, clients,
+                                f"mqtt on {r + 1}/{rounds}")
+            on_p50.append(result["p50_ms"])
+            sent += ok
+        received = sub.wait_for(sent, timeout=30)
+        delays = [(sub.received_at[m["msg_id"]] - m["time"]) * 1000 for m in received]
+    finally:
+        sub.close()
+        broker.stop()
+    return {"p50_off_ms": float(np.median(off_p50)), "p50_on_ms": float(np.median(on_p50)),
+            "delivery_p50_ms": float(np.percentile(delays, 50)) if delays else float("nan"),
+            "delivery_p99_ms": float(np.percentile(delays, 99)) if delays else float("nan"),
+            "sent": sent, "received": len(received), "lost": sent - len(received)}
