@@ -12,6 +12,13 @@ from pathlib import Path
 from typing import Any
 
 from edge_runtime.data_layout import DataLayout
+from edge_runtime.events.config import (
+    EventConfigError,
+    MqttSettings,
+    WebhookSettings,
+    validate_mqtt,
+    validate_webhook,
+)
 
 ENV_PREFIX = "EDGE_RUNTIME_"
 WEIGHTS_ENV = "EDGE_RUNTIME_WEIGHTS_DIR"  # read by model/weights.py, the one resolution path
@@ -83,6 +90,8 @@ class Settings:
     camera: CameraSettings = field(default_factory=CameraSettings)
     serial: SerialSettings = field(default_factory=SerialSettings)
     inspection: InspectionSettings = field(default_factory=InspectionSettings)
+    mqtt: MqttSettings = field(default_factory=MqttSettings)  # events to a broker
+    webhook: WebhookSettings = field(default_factory=WebhookSettings)
 
     @property
     def data_path(self) -> Path:
@@ -188,6 +197,11 @@ def validate(settings: Settings) -> Settings:
     for ok, message in checks:
         if not ok:
             raise SettingsError(message)
+    try:
+        validate_mqtt(settings.mqtt)
+        validate_webhook(settings.webhook)
+    except EventConfigError as exc:
+        raise SettingsError(str(exc)) from exc
     return settings
 
 

@@ -32,6 +32,15 @@ class BridgeConfig:
     device_silent_s: float = 3.0
 
 
+_answering = threading.local()
+
+
+def current_trigger_seq() -> int | None:
+    """The sequence number of the TRIGGER this thread is answering (None elsewhere), so
+    the events a handler causes can name the trigger without changing its signature."""
+    return getattr(_answering, "seq", None)
+
+
 class Bridge:
     def __init__(self, config: BridgeConfig, handler: Handler) -> None:
         self.config, self.handler = config, handler
@@ -91,11 +100,14 @@ class Bridge:
 
     def _answer(self, seq: int, product: int, received: float, timer) -> None:
         flags = 0
+        _answering.seq = seq
         try:
             decision, score = self.handler(product)
         except Exception:  # noqa: BLE001 - a failed inspection must still get a verdict
             decision, score, flags = self.config.failsafe, float("nan"), p.FLAG_ERROR
             self.counters["handler_errors"] += 1
+        finally:
+            _answering.seq = None
         with self._lock:
             if self._pending.pop(seq, None) is None:
                 self.counters["late_answers"] += 1  # the fail-safe already went out

@@ -15,7 +15,8 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import paho.mqtt.client as mqtt
-from daemon import free_port
+
+from edge_runtime.daemon_process import free_port
 
 
 def _openssl(*args: str, cwd: Path) -> None:

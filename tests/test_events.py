@@ -16,9 +16,9 @@ from pathlib import Path
 
 import jsonschema_rs
 import pytest
-from daemon import free_port
 from mosquitto import Mosquitto, Subscriber, make_pki
 
+from edge_runtime.daemon_process import free_port
 from edge_runtime.events.config import (
     EventConfigError,
     MqttSettings,

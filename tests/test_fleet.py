@@ -9,7 +9,6 @@ import json
 import re
 import shutil
 import tarfile
-import time
 from pathlib import Path
 
 import jsonschema_rs

@@ -10,9 +10,10 @@ from fastapi import FastAPI, Request
 from fastapi.responses import JSONResponse
 
 import edge_runtime
-from edge_runtime.api.endpoints import inspections, jobs, models, products, system
+from edge_runtime.api.endpoints import bundles, inspections, jobs, models, products, system
 from edge_runtime.api.uploads import BodyLimitMiddleware
 from edge_runtime.camera import CameraError, CameraNotConfiguredError
+from edge_runtime.events.daemon import start_event_sinks, stop_event_sinks
 from edge_runtime.inference.model_dir import ModelDirError
 from edge_runtime.inference.preprocess import ImageError
 from edge_runtime.services.errors import (
@@ -61,6 +62,7 @@ def create_app(settings: Settings, runtime: Runtime | None = None,
     @asynccontextmanager
     async def lifespan(app: FastAPI):
         runtime.jobs.start_monitor()
+        sinks = start_event_sinks(runtime)  # before the line: its verdicts are events
         runtime.line.start()
         live = runtime.models.live
         notifier.ready(live.version if live else None)
@@ -70,13 +72,14 @@ def create_app(settings: Settings, runtime: Runtime | None = None,
         notifier.stopping()
         runtime.line.close()
         runtime.jobs.shutdown()
+        stop_event_sinks(sinks)
 
     app = FastAPI(title="edge-runtime", version=edge_runtime.__version__, lifespan=lifespan,
                   description="On-device continual-learning visual anomaly detection")
     app.state.runtime = runtime
     limit = int(settings.api.max_upload_mb * 2**20) * MAX_FILES_PER_REQUEST
     app.add_middleware(BodyLimitMiddleware, limit=limit)
-    for module in (system, products, jobs, inspections, models):
+    for module in (system, products, jobs, inspections, models, bundles):
         app.include_router(module.router)
     for exc_type, status in STATUS_OF.items():
         app.add_exception_handler(exc_type, _error(status))

@@ -7,6 +7,7 @@ from dataclasses import dataclass
 from edge_runtime.camera import MonitoredCamera, make_camera
 from edge_runtime.services.captures import CaptureService
 from edge_runtime.services.events import EventBus
+from edge_runtime.services.fleet_metrics import register_fleet_metrics
 from edge_runtime.services.inspection import InspectionService
 from edge_runtime.services.jobs import JobManager
 from edge_runtime.services.line import LineService
@@ -51,5 +52,6 @@ def build_runtime(settings: Settings) -> Runtime:
     line = LineService(settings.serial, products, camera, inspections)
     status = StatusService(settings, models, products, jobs, inspections, camera, line)
     metrics.add_state(status.collect)
+    register_fleet_metrics(metrics.registry, db, models, line)
     return Runtime(settings, bus, metrics, models, products, CaptureService(db, layout, camera),
                    inspections, jobs, line, status, camera)

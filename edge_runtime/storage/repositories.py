@@ -94,6 +94,10 @@ def update_job(conn, job_id: int, only_if_active: bool = False, **values: Any) -
     return conn.execute(sql, (*values.values(), job_id)).rowcount > 0
 
 
+def count_jobs_by_status(conn) -> dict[str, int]:
+    return dict(conn.execute("SELECT status, COUNT(*) FROM jobs GROUP BY status").fetchall())
+
+
 def fail_interrupted_jobs(conn, reason: str) -> int:
     return conn.execute(
         "UPDATE jobs SET status = 'failed', error = ?, finished_at = ? "
