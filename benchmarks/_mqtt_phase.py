@@ -4,13 +4,18 @@ both, the verdict-to-subscriber delivery time, and how many verdicts never arriv
 
 from __future__ import annotations
 
+import sys
 import tempfile
 from collections.abc import Callable
 from pathlib import Path
 
 import numpy as np
-from daemon import Daemon  # tests/ is on sys.path (service_load.py puts it there)
-from mosquitto import Mosquitto, Subscriber
+from _common import REPO
+
+from edge_runtime.daemon_process import Daemon
+
+sys.path.insert(0, str(REPO / "tests"))
+from mosquitto import Mosquitto, Subscriber  # noqa: E402  (the tests' broker harness)
 
 
 def _round(data_dir: Path, env: dict, hammer: Callable, jpegs: list[bytes], count: int,
@@ -53,3 +58,16 @@ def run_mqtt_phase(data_dir: Path, jpegs: list[bytes], count: int, clients: int,
             "delivery_p50_ms": float(np.percentile(delays, 50)) if delays else float("nan"),
             "delivery_p99_ms": float(np.percentile(delays, 99)) if delays else float("nan"),
             "sent": sent, "received": len(received), "lost": sent - len(received)}
+
+
+def report(mqtt: dict) -> dict:
+    """Print the phase's lines; return its keys for the benchmark's JSON line."""
+    print(f"MQTT on vs off (interleaved daemon restarts): p50 {mqtt['p50_on_ms']:.2f} ms vs "
+          f"{mqtt['p50_off_ms']:.2f} ms (target: within 10%); verdict to subscriber p50 "
+          f"{mqtt['delivery_p50_ms']:.2f} ms, p99 {mqtt['delivery_p99_ms']:.2f} ms; "
+          f"{mqtt['received']}/{mqtt['sent']} verdicts received, lost {mqtt['lost']}")
+    return {"mqtt_p50_ms": round(mqtt["p50_on_ms"], 2),
+            "mqtt_off_p50_ms": round(mqtt["p50_off_ms"], 2),
+            "mqtt_delivery_p50_ms": round(mqtt["delivery_p50_ms"], 2),
+            "mqtt_delivery_p99_ms": round(mqtt["delivery_p99_ms"], 2),
+            "mqtt_lost": mqtt["lost"]}

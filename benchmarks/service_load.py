@@ -16,6 +16,7 @@ from pathlib import Path
 import numpy as np
 import psutil
 from _common import SHARED, emit_json, print_table
+from _mqtt_phase import report, run_mqtt_phase
 from PIL import Image
 from tqdm import tqdm
 
@@ -112,6 +113,7 @@ def main() -> None:
     parser.add_argument("--clients", type=int, default=2,
                         help="concurrent clients (one per core keeps p50 free of queueing)")
     parser.add_argument("--quick", action="store_true", help="200 requests per phase")
+    parser.add_argument("--no-mqtt", action="store_true", help="skip the MQTT on/off phase")
     args = parser.parse_args()
     count = 200 if args.quick else args.requests
     jpegs = _jpegs(args.data)
@@ -139,6 +141,8 @@ def main() -> None:
             main_rss = peak.main_mb
     finally:
         daemon.stop()
+    mqtt = {} if args.no_mqtt else run_mqtt_phase(daemon.data_dir, jpegs, count, args.clients,
+                                                  _hammer)
     rows = [["idle", idle["p50_ms"], idle["p99_ms"], idle["throughput_rps"], idle["errors"]],
             ["during training", busy["p50_ms"], busy["p99_ms"], busy["throughput_rps"],
              busy["errors"]]]
@@ -149,6 +153,7 @@ def main() -> None:
     print(f"peak RSS: API process {main_rss:.0f} MB (target <= 150), "
           f"training worker {peak.worker_mb:.0f} MB")
     print("targets: p50 <= 25 ms, >= 60 inspections/s idle, 0 errors during training")
+    mqtt_keys = report(mqtt) if mqtt else {}
     emit_json({
         "p50_ms": round(idle["p50_ms"], 2), "p99_ms": round(idle["p99_ms"], 2),
         "throughput_rps": round(idle["throughput_rps"], 1),
@@ -158,7 +163,7 @@ def main() -> None:
         "errors": idle["errors"] + busy["errors"],
         "main_rss_mb": round(main_rss, 1), "worker_peak_rss_mb": round(peak.worker_mb, 1),
         "training_overlapped": still == "running",
-    })
+    } | mqtt_keys)
 
 
 if __name__ == "__main__":
