@@ -272,3 +272,49 @@ def test_outbox_metrics_parse_with_prometheus_client(tmp_path):
     assert samples[("edge_runtime_outbox_dropped_total", (("sink", "mqtt"),))] == 2
     assert samples[("edge_runtime_outbox_oldest_age_seconds", (("sink", "mqtt"),))] >= 0.05
     assert samples[("edge_runtime_mqtt_connected", ())] == 0
+
+
+def test_bus_events_become_versioned_payloads_job_progress_throttled(tmp_path):
+    from types import SimpleNamespace
+
+    from edge_runtime.events.daemon import BusToOutbox
+    from edge_runtime.services import events
+    from edge_runtime.services.errors import NotFoundError
+
+    def product(product_id: int) -> dict:
+        if product_id != 1:
+            raise NotFoundError("gone")
+        return {"id": 1, "name": "bottle"}
+
+    runtime = SimpleNamespace(models=SimpleNamespace(live=SimpleNamespace(version="v000001")),
+                              products=SimpleNamespace(get=product))
+    mqtt = MqttSettings(enabled=True, url=f"mqtt://127.0.0.1:{free_port()}", device_id="d")
+    sinks = EventSinks(tmp_path / "outbox.db", mqtt, NO_WEBHOOK)  # not started: rows stay
+    bus = events.EventBus()
+    bus.subscribe(BusToOutbox(sinks, runtime))
+    job = {"id": 7, "product_id": 1, "status": "queued", "phase": "", "epoch": 0, "epochs": 3,
+           "step": 0, "steps": 0, "loss": None, "eta_seconds": None, "version": None,
+           "error": None, "pid": 123}
+    bus.publish(events.JOB, job)
+    for step in range(1, 20):  # 19 progress updates within a second: one event
+        bus.publish(events.JOB, job | {"status": "running", "phase": "training",
+                                       "step": step, "steps": 20, "loss": 0.5})
+    bus.publish(events.JOB, job | {"status": "succeeded", "phase": "done", "version": "v000007"})
+    bus.publish(events.JOB, job | {"id": 8, "product_id": 99, "status": "failed",
+                                   "error": "boom"})
+    bus.publish(events.MODEL, {"version": "v000007", "job_id": 7, "products": ["bottle"]})
+    bus.publish(events.INSPECTION, {"id": 5, "product_id": 1, "product": "bottle", "score": 0.1,
+                                    "verdict": "pass", "threshold": 0.2, "latency_ms": 5.0,
+                                    "model_version": "v000007", "source": "upload"})
+    messages = [json.loads(m.payload) for m in sinks.outbox.peek("mqtt")]
+    sinks.stop()
+    kinds = [(m["schema"], m.get("status") or m.get("event") or m.get("verdict"))
+             for m in messages]
+    assert kinds == [("job", "queued"), ("job", "running"), ("job", "succeeded"),
+                     ("job", "failed"), ("model", "promoted"), ("verdict", "pass")]
+    for message in messages:
+        _assert_valid(message)
+    assert messages[1]["product"] == "bottle" and messages[1]["step"] == 1
+    assert messages[2]["model_version"] == "v000007" and messages[3]["product"] is None
+    assert (messages[4]["previous_version"], messages[4]["origin"]) == ("v000001", "training")
+    assert messages[5]["trigger_seq"] is None and "pid" not in messages[1]

@@ -100,6 +100,8 @@ class MqttPublisher:
 
     def stop(self, drain_s: float = 2.0) -> None:
         """Wait up to ``drain_s`` for the outbox to empty, say "offline", disconnect."""
+        if self._thread.ident is None:
+            return  # never started
         deadline = time.monotonic() + drain_s
         while (self.connected and self.outbox.depth(SINK)
                and time.monotonic() < deadline):

@@ -36,6 +36,8 @@ class WebhookSender:
 
     def stop(self, drain_s: float = 2.0) -> None:
         """Give a reachable receiver ``drain_s`` to take what is queued, then stop."""
+        if self._thread.ident is None:
+            return  # never started
         deadline = time.monotonic() + drain_s
         while (self.outbox.depth(SINK) and not self.failures_in_row
                and time.monotonic() < deadline):
