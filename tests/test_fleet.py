@@ -12,6 +12,7 @@ import tarfile
 from pathlib import Path
 
 import jsonschema_rs
+import numpy as np
 import pytest
 from mosquitto import Mosquitto, Subscriber
 from prometheus_client.parser import text_string_to_metric_families
@@ -20,6 +21,8 @@ from test_serial_bridge import Sim, _wait
 from edge_runtime.daemon_process import Daemon
 from edge_runtime.events.schemas import SCHEMAS
 from edge_runtime.inference import model_dir as md
+from edge_runtime.replay.codecs import make_codec
+from edge_runtime.replay.store import ReplayStore
 
 REPO = Path(__file__).resolve().parents[1]
 
@@ -131,18 +134,21 @@ def test_bundle_round_trip_between_two_daemons(tmp_path, bottle_model, images):
     broker.start()
     sub = Subscriber(broker, "edge-runtime/board-b/model")
     a = _board(tmp_path, "a", bottle_model)
+    store = ReplayStore(a.data_dir / "replay", make_codec("uint8_channel"), capacity=8)
+    store.add("bottle", np.random.default_rng(0).random((8, 16, 4, 4), dtype=np.float32))
     b = _board(tmp_path, "b", None, _mqtt_env(broker, "board-b"))
     a.start()
     b.start()
     try:
         for board in (a, b):
             board.client.post("/products", json={"name": "bottle"}).raise_for_status()
-        response = a.client.get("/models/v000001/bundle")
+        response = a.client.get("/models/v000001/bundle", params={"replay": "true"})
         assert response.status_code == 200, response.text
         bundle = response.content
         with tarfile.open(fileobj=io.BytesIO(bundle)) as tar:
             names = tar.getnames()
         assert names[0] == "bundle.json" and "model/paste.onnx" in names
+        assert "replay/store.json" in names
 
         def post(data: bytes, **params) -> object:
             return b.client.post("/models/import", params=params,
@@ -162,9 +168,13 @@ def test_bundle_round_trip_between_two_daemons(tmp_path, bottle_model, images):
         assert refused.status_code == 422 and "upgrade edge-runtime" in refused.json()["detail"]
         assert b.client.get("/models").json() == []  # nothing half-installed
 
-        installed = post(bundle)  # installs, does not promote
+        installed = post(bundle, replay="true")  # installs, does not promote
         assert installed.status_code == 200, installed.text
         version = installed.json()["version"]
+        assert installed.json()["replay_installed"]
+        assert b.client.get("/status").json()["replay_store"]["samples"] == 8
+        refused = post(bundle, replay="true")
+        assert refused.status_code == 409 and "replay store" in refused.json()["detail"]
         assert re.fullmatch(r"v000000-import-[0-9a-f]{10}", version)
         assert b.client.get("/status").json()["model_version"] is None
         assert b.inspect("bottle", images[0]).status_code == 409  # not live yet

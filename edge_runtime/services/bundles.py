@@ -197,6 +197,9 @@ def import_bundle(registry: ModelRegistry, archive: Path, replay_dir: Path,
             with tarfile.open(archive, "r:") as tar:
                 index = _read_index(tar)
                 _check_spec(registry, index)
+                if with_replay and (replay_dir / REPLAY_MANIFEST).exists():
+                    raise ConflictError("this board already has a replay store; import without "
+                                        "replay=true, or start from an empty data directory")
                 _extract_verified(tar, index["files"], tmp)
         except tarfile.TarError as exc:
             raise BundleError(f"not a readable bundle archive: {exc}") from exc
@@ -223,10 +226,8 @@ def import_bundle(registry: ModelRegistry, archive: Path, replay_dir: Path,
 
 
 def _install_replay(source: Path, replay_dir: Path) -> None:
-    """Only onto an empty store: merging two boards' replay is a training decision."""
-    if (replay_dir / REPLAY_MANIFEST).exists():
-        raise ConflictError("this board already has a replay store; import without replay, "
-                            "or start from an empty data directory")
+    """Only onto an empty store (checked first): merging two boards' replay is a training
+    decision, not an import's."""
     replay_dir.mkdir(parents=True, exist_ok=True)
     for file in sorted(source.iterdir()):
         if file.name != REPLAY_MANIFEST:
