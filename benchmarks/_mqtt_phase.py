@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import sys
 import tempfile
+import time
 from collections.abc import Callable
 from pathlib import Path
 
@@ -13,6 +14,8 @@ import numpy as np
 from _common import REPO
 
 from edge_runtime.daemon_process import Daemon
+from edge_runtime.events.config import MqttSettings, WebhookSettings
+from edge_runtime.events.sinks import EventSinks
 
 sys.path.insert(0, str(REPO / "tests"))
 from mosquitto import Mosquitto, Subscriber  # noqa: E402  (the tests' broker harness)
@@ -31,14 +34,32 @@ def _round(data_dir: Path, env: dict, hammer: Callable, jpegs: list[bytes], coun
     return result, warm["count"] - warm["errors"] + result["count"] - result["errors"]
 
 
+def enqueue_cost_us(broker: Mosquitto, count: int = 2000) -> tuple[float, float]:
+    """What a request pays for its verdict event: one outbox append (p50, p99 in us)."""
+    settings = MqttSettings(enabled=True, url=broker.url, device_id="bench-enqueue")
+    sinks = EventSinks(Path(tempfile.mkdtemp()) / "outbox.db", settings, WebhookSettings())
+    sinks.start()
+    costs = []
+    try:
+        for i in range(count):
+            started = time.perf_counter()
+            sinks.emit("verdict", inspection_id=i, product="bottle", score=0.01, threshold=0.02,
+                       verdict="pass", latency_ms=6.0, model_version="v000001",
+                       source="upload", trigger_seq=None)
+            costs.append((time.perf_counter() - started) * 1e6)
+    finally:
+        sinks.stop()
+    return float(np.percentile(costs, 50)), float(np.percentile(costs, 99))
+
+
 def run_mqtt_phase(data_dir: Path, jpegs: list[bytes], count: int, clients: int,
-                   hammer: Callable, rounds: int = 2) -> dict:
+                   hammer: Callable, rounds: int = 3) -> dict:
     broker = Mosquitto(Path(tempfile.mkdtemp()) / "broker")
     broker.start()
     sub = Subscriber(broker, "edge-runtime/bench/verdict", client_id="bench")
     on = {"EDGE_RUNTIME_MQTT_ENABLED": "true", "EDGE_RUNTIME_MQTT_URL": broker.url,
           "EDGE_RUNTIME_MQTT_DEVICE_ID": "bench"}
-    per_round = max(count // rounds, 20)
+    per_round = count
     off_p50, on_p50, sent = [], [], 0
     try:
         for r in range(rounds):
@@ -51,13 +72,15 @@ def run_mqtt_phase(data_dir: Path, jpegs: list[bytes], count: int, clients: int,
             sent += ok
         received = sub.wait_for(sent, timeout=30)
         delays = [(sub.received_at[m["msg_id"]] - m["time"]) * 1000 for m in received]
+        enqueue_p50, enqueue_p99 = enqueue_cost_us(broker)
     finally:
         sub.close()
         broker.stop()
     return {"p50_off_ms": float(np.median(off_p50)), "p50_on_ms": float(np.median(on_p50)),
             "delivery_p50_ms": float(np.percentile(delays, 50)) if delays else float("nan"),
             "delivery_p99_ms": float(np.percentile(delays, 99)) if delays else float("nan"),
-            "sent": sent, "received": len(received), "lost": sent - len(received)}
+            "sent": sent, "received": len(received), "lost": sent - len(received),
+            "enqueue_p50_us": enqueue_p50, "enqueue_p99_us": enqueue_p99}
 
 
 def report(mqtt: dict) -> dict:
@@ -65,9 +88,13 @@ def report(mqtt: dict) -> dict:
     print(f"MQTT on vs off (interleaved daemon restarts): p50 {mqtt['p50_on_ms']:.2f} ms vs "
           f"{mqtt['p50_off_ms']:.2f} ms (target: within 10%); verdict to subscriber p50 "
           f"{mqtt['delivery_p50_ms']:.2f} ms, p99 {mqtt['delivery_p99_ms']:.2f} ms; "
-          f"{mqtt['received']}/{mqtt['sent']} verdicts received, lost {mqtt['lost']}")
+          f"{mqtt['received']}/{mqtt['sent']} verdicts received, lost {mqtt['lost']}; "
+          f"outbox append on the request thread p50 {mqtt['enqueue_p50_us']:.0f} us, "
+          f"p99 {mqtt['enqueue_p99_us']:.0f} us")
     return {"mqtt_p50_ms": round(mqtt["p50_on_ms"], 2),
             "mqtt_off_p50_ms": round(mqtt["p50_off_ms"], 2),
             "mqtt_delivery_p50_ms": round(mqtt["delivery_p50_ms"], 2),
             "mqtt_delivery_p99_ms": round(mqtt["delivery_p99_ms"], 2),
-            "mqtt_lost": mqtt["lost"]}
+            "mqtt_lost": mqtt["lost"],
+            "mqtt_enqueue_p50_us": round(mqtt["enqueue_p50_us"], 1),
+            "mqtt_enqueue_p99_us": round(mqtt["enqueue_p99_us"], 1)}
