@@ -90,7 +90,8 @@ def envelope(kind: str, device: str, when: float | None = None, **fields: Any) -
 
 
 def status_payload(device: str, state: str, **health: Any) -> dict:
-    """The retained status; not queued, so it gets a fixed msg_id per state change."""
+    """The retained status. It bypasses the outbox (only the latest one matters), so its
+    msg_id is made from its time here rather than by the outbox."""
     payload = envelope("status", device, state=state, **health)
     payload["msg_id"] = f"{int(payload['time'] * 1e6):032x}"
     return payload
