@@ -79,7 +79,7 @@ class MqttPublisher:
         self.outbox.notify(SINK)
 
     def _on_disconnect(self, client, userdata, flags, reason_code, properties) -> None:
-        if self._connected.is_set():
+        if self._connected.is_set() and not self._stop.is_set():
             log.warning("MQTT connection lost (%s); messages wait in the outbox", reason_code)
         self._connected.clear()
 
@@ -123,6 +123,7 @@ class MqttPublisher:
         while not self._stop.is_set():
             try:
                 self._collect_acks()
+                self.outbox.checkpoint()
                 if not self._connected.is_set():
                     self.outbox.wait(SINK, 0.2)
                     continue

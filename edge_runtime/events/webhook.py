@@ -49,6 +49,7 @@ class WebhookSender:
     def _run(self) -> None:
         backoff = self.min_backoff_s
         while not self._stop.is_set():
+            self.outbox.checkpoint()
             batch = self.outbox.peek(SINK, limit=32)
             if not batch:
                 self.outbox.wait(SINK, 1.0)
