@@ -77,6 +77,7 @@ def run_mqtt_phase(data_dir: Path, jpegs: list[bytes], count: int, clients: int,
         sub.close()
         broker.stop()
     return {"p50_off_ms": float(np.median(off_p50)), "p50_on_ms": float(np.median(on_p50)),
+            "rounds_off_ms": off_p50, "rounds_on_ms": on_p50,
             "delivery_p50_ms": float(np.percentile(delays, 50)) if delays else float("nan"),
             "delivery_p99_ms": float(np.percentile(delays, 99)) if delays else float("nan"),
             "sent": sent, "received": len(received), "lost": sent - len(received),
@@ -86,7 +87,9 @@ def run_mqtt_phase(data_dir: Path, jpegs: list[bytes], count: int, clients: int,
 def report(mqtt: dict) -> dict:
     """Print the phase's lines; return its keys for the benchmark's JSON line."""
     print(f"MQTT on vs off (interleaved daemon restarts): p50 {mqtt['p50_on_ms']:.2f} ms vs "
-          f"{mqtt['p50_off_ms']:.2f} ms (target: within 10%); verdict to subscriber p50 "
+          f"{mqtt['p50_off_ms']:.2f} ms (target: within 10%; rounds on "
+          f"{[round(v, 1) for v in mqtt['rounds_on_ms']]}, off "
+          f"{[round(v, 1) for v in mqtt['rounds_off_ms']]}); verdict to subscriber p50 "
           f"{mqtt['delivery_p50_ms']:.2f} ms, p99 {mqtt['delivery_p99_ms']:.2f} ms; "
           f"{mqtt['received']}/{mqtt['sent']} verdicts received, lost {mqtt['lost']}; "
           f"outbox append on the request thread p50 {mqtt['enqueue_p50_us']:.0f} us, "
