@@ -109,6 +109,7 @@ class MqttPublisher:
         self._stop.set()
         self.outbox.notify(SINK)
         self._thread.join(5)
+        self._collect_acks()  # acknowledgements that came in while the dispatcher stopped
         if self.connected:
             info = self.client.publish(
                 self.status_topic, json.dumps(status_payload(self.device_id, "offline")),
