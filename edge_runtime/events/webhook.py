@@ -27,6 +27,7 @@ class WebhookSender:
         self.delivered = 0
         self.failures = 0
         self.failures_in_row = 0
+        self._backoff = min_backoff_s
         self._stop = threading.Event()
         self._thread = threading.Thread(target=self._run, name="webhook", daemon=True)
 
@@ -47,24 +48,31 @@ class WebhookSender:
         self._thread.join(self.settings.timeout_s + 1)
 
     def _run(self) -> None:
-        backoff = self.min_backoff_s
+        self._backoff = self.min_backoff_s
         while not self._stop.is_set():
-            self.outbox.checkpoint()
-            batch = self.outbox.peek(SINK, limit=32)
-            if not batch:
-                self.outbox.wait(SINK, 1.0)
-                continue
-            for message in batch:
-                if self._stop.is_set():
-                    return
-                if not self._post(message):
-                    self.outbox.add_attempt(SINK, message.seq)
-                    self._stop.wait(backoff)
-                    backoff = min(backoff * 2, self.max_backoff_s)
-                    break
-                backoff = self.min_backoff_s
-                self.outbox.ack(SINK, [message.seq])
-                self.delivered += 1
+            try:
+                self._deliver_some()
+            except Exception:  # an outbox or encoding error must not end delivery for good
+                log.exception("webhook sender error; retrying in 1 s")
+                self._stop.wait(1.0)
+
+    def _deliver_some(self) -> None:
+        self.outbox.checkpoint()
+        batch = self.outbox.peek(SINK, limit=32)
+        if not batch:
+            self.outbox.wait(SINK, 1.0)
+            return
+        for message in batch:
+            if self._stop.is_set():
+                return
+            if not self._post(message):
+                self.outbox.add_attempt(SINK, message.seq)
+                self._stop.wait(self._backoff)
+                self._backoff = min(self._backoff * 2, self.max_backoff_s)
+                return
+            self._backoff = self.min_backoff_s
+            self.outbox.ack(SINK, [message.seq])
+            self.delivered += 1
 
     def _post(self, message: Message) -> bool:
         headers = {"Content-Type": "application/json", "X-Edge-Runtime-Topic": message.topic,

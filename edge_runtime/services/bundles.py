@@ -62,16 +62,17 @@ def _version_dir(registry: ModelRegistry, version: str) -> Path:
     return directory
 
 
-def _replay_files(replay_dir: Path) -> dict[str, str]:
-    """The committed replay store: its manifest and the group files it names (immutable)."""
+def _replay_snapshot(replay_dir: Path) -> tuple[bytes, dict[str, str]]:
+    """The committed replay manifest (read once) and the group files it names, which are
+    never rewritten in place."""
     manifest = replay_dir / REPLAY_MANIFEST
     if not manifest.is_file():
-        return {}
-    data = json.loads(manifest.read_text())
-    files = {f"replay/{REPLAY_MANIFEST}": hashlib.sha256(manifest.read_bytes()).hexdigest()}
-    for group in data["groups"]:
+        return b"", {}
+    raw = manifest.read_bytes()
+    files = {f"replay/{REPLAY_MANIFEST}": hashlib.sha256(raw).hexdigest()}
+    for group in json.loads(raw)["groups"]:
         files[f"replay/{group['file']}"] = group["sha256"]
-    return files
+    return raw, files
 
 
 def export_bundle(registry: ModelRegistry, version: str, out_dir: Path,
@@ -84,14 +85,13 @@ def export_bundle(registry: ModelRegistry, version: str, out_dir: Path,
         raise ConflictError(f"version {version} fails verification: {exc}") from exc
     sources = {f"model/{name}": directory / name for name in [*manifest.files, md.MANIFEST]}
     files = {name: sha256_file(path) for name, path in sources.items()}
+    snapshot = {}
     if replay_dir is not None:
-        replay = _replay_files(replay_dir)
-        snapshot = {name: (replay_dir / name.split("/", 1)[1]).read_bytes()
-                    for name in replay if name.endswith(REPLAY_MANIFEST)}
+        raw, replay = _replay_snapshot(replay_dir)
+        if replay:
+            snapshot[f"replay/{REPLAY_MANIFEST}"] = raw
         files.update(replay)
         sources.update({name: replay_dir / name.split("/", 1)[1] for name in replay})
-    else:
-        snapshot = {}
     index = {
         "bundle_format": BUNDLE_FORMAT,
         "model_version": version,
@@ -104,14 +104,20 @@ def export_bundle(registry: ModelRegistry, version: str, out_dir: Path,
         "files": files,
     }
     out_dir.mkdir(parents=True, exist_ok=True)
-    path = Path(tempfile.mkstemp(prefix=f"bundle-{version}-", suffix=".tar", dir=out_dir)[1])
-    with tarfile.open(path, "w", format=tarfile.PAX_FORMAT) as tar:
-        _add_bytes(tar, INDEX, json.dumps(index, indent=2, sort_keys=True).encode())
-        for name, source in sources.items():
-            if name in snapshot:
-                _add_bytes(tar, name, snapshot[name])
-            else:
-                tar.add(source, arcname=name, recursive=False)
+    fd, name = tempfile.mkstemp(prefix=f"bundle-{version}-", suffix=".tar", dir=out_dir)
+    os.close(fd)
+    path = Path(name)
+    try:
+        with tarfile.open(path, "w", format=tarfile.PAX_FORMAT) as tar:
+            _add_bytes(tar, INDEX, json.dumps(index, indent=2, sort_keys=True).encode())
+            for name, source in sources.items():
+                if name in snapshot:
+                    _add_bytes(tar, name, snapshot[name])
+                else:
+                    tar.add(source, arcname=name, recursive=False)
+    except FileNotFoundError as exc:  # a training job replaced the replay store meanwhile
+        path.unlink(missing_ok=True)
+        raise ConflictError(f"the replay store changed during the export; retry ({exc})") from exc
     return path
 
 
