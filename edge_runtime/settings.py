@@ -202,6 +202,9 @@ def validate(settings: Settings) -> Settings:
         validate_webhook(settings.webhook)
     except EventConfigError as exc:
         raise SettingsError(str(exc)) from exc
+    if settings.mqtt.enabled and settings.mqtt.commands and len(settings.api.token) < 16:
+        raise SettingsError("mqtt.commands needs api.token (16+ characters): every command "
+                            "must carry it, as every mutating API request does")
     return settings
 
 

@@ -9,6 +9,7 @@ import json
 import re
 import shutil
 import tarfile
+import time
 from pathlib import Path
 
 import jsonschema_rs
@@ -235,5 +236,54 @@ def test_serial_trigger_verdict_names_its_sequence_and_metrics_show_the_line(
     finally:
         daemon.stop()
         sim.close()
+        sub.close()
+        broker.stop()
+
+
+def test_command_topic_sets_a_threshold_under_the_token_rule(tmp_path, bottle_model, images):
+    token = "a-token-of-sixteen+"
+    broker = Mosquitto(tmp_path / "broker")
+    broker.start()
+    sub = Subscriber(broker, "edge-runtime/line-4/command_result")
+    daemon = _board(tmp_path, "board", bottle_model, _mqtt_env(broker, "line-4") | {
+        "EDGE_RUNTIME_MQTT_COMMANDS": "true", "EDGE_RUNTIME_API_TOKEN": token})
+    daemon.client.headers["Authorization"] = f"Bearer {token}"
+    topic = "edge-runtime/line-4/command"
+
+    def command(retain: bool = False, **payload) -> None:
+        sub.client.publish(topic, json.dumps(payload), qos=1, retain=retain).wait_for_publish(5)
+
+    # a stale retained command, delivered when the daemon subscribes: must not run
+    command(command="set_threshold", product="bottle", image=0.7, token=token,
+            request_id="r0", retain=True)
+    daemon.start()
+    try:
+        product = daemon.client.post("/products", json={"name": "bottle"}).json()
+        command(command="set_threshold", product="bottle", image=0.5, token="wrong",
+                request_id="r1")
+        command(command="set_threshold", product="bottle", image=0.5, token=token,
+                request_id="r3")
+        command(command="set_threshold", product="bottle", image=0.9, token=token,
+                request_id="r3")  # the same request again: not run twice
+        command(command="set_threshold", product="bottle", image=-1, token=token,
+                request_id="r4")
+        command(command="train", product=str(product["id"]), token=token, request_id="r5")
+        results = sub.wait_for(4, kind="command_result")
+        assert [(r["request_id"], r["ok"]) for r in results] == [
+            ("r1", False), ("r3", True), ("r4", False), ("r5", False)]
+        assert "token" in results[0]["detail"] and "greater than 0" in results[2]["detail"]
+        assert "captures" in results[3]["detail"]  # reached the jobs service, which refused
+        for result in results:
+            _valid(result)
+        override = daemon.client.get(f"/products/{product['id']}").json()["threshold_override"]
+        assert override["image"] == 0.5
+        assert daemon.inspect("bottle", images[0]).json()["threshold"] == 0.5
+        time.sleep(0.5)
+        assert len(sub.wait_for(5, timeout=0.1, kind="command_result")) == 4
+        log = (tmp_path / f"daemon-{daemon.port}.log").read_text()
+        assert "ignored a retained MQTT command" in log  # r0 arrived, and did not run
+    finally:
+        sub.client.publish(topic, b"", qos=1, retain=True)  # clear the retained command
+        daemon.stop()
         sub.close()
         broker.stop()

@@ -27,6 +27,7 @@ class MqttSettings:
     keepalive_s: int = 30
     status_interval_s: float = 60.0  # refresh of the retained device status
     outbox_max_messages: int = 100_000  # per sink; past it the oldest are dropped (counted)
+    commands: bool = False  # obey <prefix>/<device_id>/command (needs api.token)
 
 
 @dataclass(frozen=True)

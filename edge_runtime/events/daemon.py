@@ -94,6 +94,10 @@ def start_event_sinks(runtime: Runtime) -> EventSinks | None:
 
     sinks = EventSinks(settings.layout.root / OUTBOX_FILE, settings.mqtt, settings.webhook,
                        health=health)
+    if sinks.mqtt is not None and settings.mqtt.commands:
+        from edge_runtime.events.commands import CommandHandler
+
+        sinks.mqtt.on_command = CommandHandler(runtime, sinks, settings.api.token).handle
     runtime.metrics.registry.register(EventSinksCollector(sinks))
     sinks.unsubscribe = runtime.events.subscribe(BusToOutbox(sinks, runtime))
     sinks.start()

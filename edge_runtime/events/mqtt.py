@@ -38,6 +38,11 @@ class MqttPublisher:
         self.base_topic = f"{settings.topic_prefix.rstrip('/')}/{self.device_id}"
         self.status_topic = f"{self.base_topic}/status"
         self._health = health or dict
+        self.command_topic = f"{self.base_topic}/command"
+        self.on_command: Callable[[bytes, bool], None] | None = None  # set before start()
+        self._commands: queue.SimpleQueue[tuple[bytes, bool] | None] = queue.SimpleQueue()
+        self._command_thread = threading.Thread(target=self._run_commands,
+                                                name="mqtt-commands", daemon=True)
         self._acks: queue.SimpleQueue[int] = queue.SimpleQueue()
         self._inflight: dict[int, int] = {}  # paho mid -> outbox seq
         self._last_seq = 0  # highest seq handed to paho in this process
@@ -66,6 +71,7 @@ class MqttPublisher:
         client.on_connect = self._on_connect
         client.on_disconnect = self._on_disconnect
         client.on_publish = self._on_publish
+        client.on_message = self._on_message
         return client
 
     # paho callbacks: network thread; keep them tiny and lock-free
@@ -73,6 +79,8 @@ class MqttPublisher:
         if reason_code.is_failure:
             log.warning("MQTT broker refused the connection: %s", reason_code)
             return
+        if self.on_command is not None:
+            client.subscribe(self.command_topic, qos=1)
         self._generation += 1
         self.connects += 1
         self._connected.set()
@@ -87,6 +95,17 @@ class MqttPublisher:
         self._acks.put(mid)
         self.outbox.notify(SINK)
 
+    def _on_message(self, client, userdata, message) -> None:
+        if message.topic == self.command_topic and self.on_command is not None:
+            self._commands.put((bytes(message.payload), bool(message.retain)))
+
+    def _run_commands(self) -> None:
+        while (item := self._commands.get()) is not None:
+            try:
+                self.on_command(*item)
+            except Exception:  # noqa: BLE001 - one bad command must not stop the others
+                log.exception("MQTT command handler failed")
+
     @property
     def connected(self) -> bool:
         return self._connected.is_set()
@@ -96,6 +115,8 @@ class MqttPublisher:
         self.client.connect_async(broker.host, broker.port, keepalive=self.settings.keepalive_s)
         self.client.loop_start()
         self._thread.start()
+        if self.on_command is not None:
+            self._command_thread.start()
         return self
 
     def stop(self, drain_s: float = 2.0) -> None:
@@ -109,6 +130,9 @@ class MqttPublisher:
         self._stop.set()
         self.outbox.notify(SINK)
         self._thread.join(5)
+        if self._command_thread.ident is not None:
+            self._commands.put(None)
+            self._command_thread.join(5)
         self._collect_acks()  # acknowledgements that came in while the dispatcher stopped
         if self.connected:
             info = self.client.publish(

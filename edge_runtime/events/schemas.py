@@ -70,6 +70,13 @@ SCHEMAS: dict[str, dict] = {
         "origin": {"type": "string", "description": "training | import | rollback"},
         "products": {"type": "array", "items": {"type": "string"}},
     }, ["event", "model_version", "previous_version", "origin"]),
+    "command_result": _schema("command_result", "The answer to one message on .../command", {
+        "request_id": {**_STR_OR_NULL, "description": "as sent in the command"},
+        "command": _STR_OR_NULL,
+        "ok": {"type": "boolean"},
+        "detail": {**_STR_OR_NULL, "description": "why it was refused"},
+        "result": {"type": ["object", "null"]},
+    }, ["request_id", "command", "ok", "detail", "result"]),
     "status": _schema("status", "Retained device health; the broker sets 'offline' (last will)"
                       " when the device vanishes", {
         "state": {"enum": ["online", "offline"]},
