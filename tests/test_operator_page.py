@@ -135,9 +135,12 @@ def test_operator_flow_in_a_browser(daemon, browser, data_root, tmp_path):
     preview = browser.find_element(By.ID, "thr-preview")
     before_text, before = preview.text, int(preview.get_attribute("data-rejects"))
     canvas = browser.find_element(By.ID, "hist")
-    half = canvas.size["width"] // 2
-    ActionChains(browser).move_to_element_with_offset(canvas, 0, 0).click_and_hold() \
-        .move_by_offset(-half + 4, 0).release().perform()
+    # drag the line from the threshold in use to just under the lowest recent score
+    start, target = browser.execute_script(
+        "const t = state.thr; return [t.current / t.max, 0.9 * Math.min(...t.scores) / t.max]")
+    width = canvas.size["width"]
+    ActionChains(browser).move_to_element_with_offset(canvas, int((start - 0.5) * width), 0) \
+        .click_and_hold().move_by_offset(int((target - start) * width), 0).release().perform()
     wait.until(lambda d: d.find_element(By.ID, "thr-preview").text != before_text)
     after = int(preview.get_attribute("data-rejects"))
     assert after > before and after == 5, preview.text

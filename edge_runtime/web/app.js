@@ -249,7 +249,7 @@ function showJob(job) {
   $("#job-state").dataset.status = job.status;
   $("#cancel").disabled = !["queued", "running"].includes(job.status);
   $("#train").disabled = ["queued", "running"].includes(job.status);
-  if (job.loss !== null && job.loss !== undefined && job.phase === "training") {
+  if (job.loss !== null && job.loss !== undefined && job.epoch) {
     const x = (job.epoch - 1) * (job.steps || 1) + job.step;
     if (!state.losses.length || state.losses[state.losses.length - 1][0] !== x) state.losses.push([x, job.loss]);
     drawLoss();
@@ -258,12 +258,20 @@ function showJob(job) {
   if (!["queued", "running"].includes(job.status)) guard(loadProducts)();
 }
 
+function fitCanvas(c) {
+  if (c.clientWidth && c.width !== c.clientWidth) c.width = c.clientWidth;
+  if (c.clientHeight && c.height !== c.clientHeight) c.height = c.clientHeight;
+}
+
 function drawLoss() {
   const c = $("#loss");
+  fitCanvas(c);
   const g = c.getContext("2d");
   g.clearRect(0, 0, c.width, c.height);
   const pts = state.losses;
-  if (pts.length < 2) return;
+  g.fillStyle = "#9aa4ae";
+  g.font = "14px sans-serif";
+  if (pts.length < 2) { g.fillText("the loss curve appears after two training steps", 12, 20); return; }
   const xs = pts.map((p) => p[0]);
   const ys = pts.map((p) => p[1]);
   const [x0, x1] = [Math.min(...xs), Math.max(...xs)];
@@ -277,9 +285,8 @@ function drawLoss() {
     if (i) g.lineTo(px, py); else g.moveTo(px, py);
   });
   g.stroke();
-  g.fillStyle = "#9aa4ae";
-  g.font = "14px sans-serif";
-  g.fillText(`loss ${fmt(y1, 3)} … ${fmt(ys[ys.length - 1], 3)}`, 12, 16);
+  g.fillText(`training loss: ${fmt(ys[0], 3)} at the start, ${fmt(ys[ys.length - 1], 3)} now ` +
+    `(${pts.length} points)`, 12, 20);
 }
 
 function showResult(r) {
@@ -334,9 +341,10 @@ async function loadThreshold() {
   t.current = p.threshold_override.image || t.calibrated;
   t.value = t.current;
   t.max = Math.max(...t.scores, (t.current || 0) * 2, 1e-6) * 1.1;
-  $("#thr-current").textContent = t.current
-    ? `now ${fmt(t.current)} (${p.threshold_override.image ? "operator" : "calibrated"}; calibrated ${fmt(t.calibrated)})`
-    : "not trained yet";
+  $("#thr-current").textContent = !t.current ? "not trained yet"
+    : p.threshold_override.image
+      ? `in use: ${fmt(t.current)} set by the operator (calibrated: ${fmt(t.calibrated)})`
+      : `in use: ${fmt(t.current)}, calibrated at the last training`;
   setThreshold(t.value || t.max / 2);
 }
 loaders.threshold = loadThreshold;
@@ -360,9 +368,10 @@ function setThreshold(value) {
 function drawHistogram() {
   const t = state.thr;
   const c = $("#hist");
+  fitCanvas(c);
   const g = c.getContext("2d");
   g.clearRect(0, 0, c.width, c.height);
-  const bins = 40;
+  const bins = Math.max(10, Math.min(60, Math.floor(c.width / 16)));
   const counts = new Array(bins).fill(0);
   t.scores.forEach((s) => { counts[Math.min(bins - 1, Math.floor((s / t.max) * bins))] += 1; });
   const top = Math.max(...counts, 1);
@@ -420,7 +429,7 @@ loaders.review = async () => {
   const items = page.inspections.filter((i) => !i.label &&
     (i.verdict === "reject" || i.score > 0.8 * i.threshold)).slice(0, 24);
   $("#review-list").innerHTML = items.length ? items.map((i) => `<figure data-inspection="${i.id}">
-      <img loading="lazy" src="${i.map_url}" alt="overlay of inspection ${i.id}"
+      <img src="${i.map_url}" alt="overlay of inspection ${i.id}"
            onerror="this.replaceWith(Object.assign(document.createElement('p'),{textContent:'map no longer kept'}))">
       <figcaption><span class="verdict ${verdictClass(i.verdict)}">${esc(i.verdict)}</span>
         #${i.id} ${esc(i.product)} · ${fmt(i.score, 3)} / ${fmt(i.threshold, 3)}</figcaption>
@@ -450,7 +459,7 @@ loaders.models = async () => {
     <td>${new Date(v.created_at * 1000).toLocaleString()}</td>
     <td>${v.products.map(esc).join(", ")}</td>
     <td>${v.training.job ?? "–"}</td>
-    <td>${esc(v.training.product ?? "")} ${v.training.epochs_run ? `${v.training.epochs_run} epochs` : ""}</td>
+    <td>${esc(v.training.product ?? "")}${v.training.images ? ` · ${v.training.images} images` : ""}${v.training.epochs_run ? ` · ${v.training.epochs_run} epochs (best ${v.training.best_epoch})` : ""}${v.training.seconds ? ` · ${Math.round(v.training.seconds)} s` : ""}</td>
     <td>${v.live ? "" : `<button class="small" data-promote="${esc(v.version)}">Roll back to this</button>`}</td>
   </tr>`).join("");
 };
