@@ -129,9 +129,16 @@ def test_events_list_review_and_kept_maps(daemon, bottle, data_root):
     event = next(e for t, e, _ in seen if t == "inspection" and e["id"] == result["id"])
     assert event["map_url"] == f"/inspections/{result['id']}/map.png"
 
-    page = c.get("/inspections", params={"product_id": bottle["id"], "verdict": "reject"}).json()
-    assert page["total"] >= 1 and page["inspections"][0]["id"] == result["id"]
-    assert page["inspections"][0]["map_kept"] is True  # rejects are kept on disk
+    deadline = time.monotonic() + 5
+    while True:  # rejects are kept on disk, by a writer thread off the request path
+        page = c.get("/inspections", params={"product_id": bottle["id"],
+                                             "verdict": "reject"}).json()
+        assert page["total"] >= 1 and page["inspections"][0]["id"] == result["id"]
+        if page["inspections"][0]["map_kept"]:
+            break
+        assert time.monotonic() < deadline, page
+        time.sleep(0.05)
+    assert (daemon.data_dir / "maps" / f"{result['id']:012d}.npz").is_file()
     assert c.get("/inspections", params={"verdict": "pass", "product_id": bottle["id"],
                                          "since": time.time() - 60}).json()["total"] == 0
     assert c.get("/inspections", params={"verdict": "maybe"}).status_code == 422
@@ -203,3 +210,58 @@ def test_promotion_result_reports_moved_thresholds():
                                                       "ratio": round(0.00314 / 0.00756, 4)}}
     assert result["products"] == ["bottle", "transistor"]
     assert promotion_result(new, new, "v2", "v3")["threshold_changes"] == {}
+
+
+def test_calibration_keeps_the_held_out_scores(daemon, bottle):
+    thresholds = daemon.client.get(f"/products/{bottle['id']}").json()["thresholds"]
+    scores = thresholds["normal_scores"]
+    assert scores and max(scores) <= thresholds["image"]  # the threshold sits above them
+    assert Thresholds.from_dict(Thresholds(1.0, 2.0, 2, (0.5, 0.7)).to_dict()).normal_scores \
+        == (0.5, 0.7)
+
+
+def test_kept_maps_stay_within_their_disk_budget(tmp_path):
+    from edge_runtime.services.map_store import MapStore, RecentMap
+
+    rng = np.random.default_rng(0)
+    recent = RecentMap(rng.integers(0, 255, (64, 64, 3), dtype=np.uint8),
+                       rng.random((64, 64)).astype(np.float16), Thresholds(0.5, 0.6, 3),
+                       0.7, "reject")
+    one = MapStore(tmp_path / "probe", 10**9)
+    size = (one.directory / one.save(1, recent)).stat().st_size
+    store = MapStore(tmp_path / "maps", int(size * 3.5))
+    for i in range(1, 8):
+        store.save(i, recent)
+    kept = sorted(p.name for p in store.directory.glob("*.npz"))
+    assert kept == [MapStore.file_name(i) for i in (5, 6, 7)]  # the newest, within budget
+    back = store.load(MapStore.file_name(7))
+    assert back.verdict == "reject" and back.thresholds.image == 0.5
+    assert np.array_equal(back.rgb, recent.rgb)
+    assert store.load(MapStore.file_name(1)) is None
+    assert MapStore(tmp_path / "none", 0).save(1, recent) is None
+
+
+def test_a_version_2_database_gains_the_new_columns(tmp_path):
+    import sqlite3
+
+    from edge_runtime.storage.db import Database
+
+    path = tmp_path / "state.db"
+    conn = sqlite3.connect(path)
+    conn.executescript(
+        "CREATE TABLE products (id INTEGER PRIMARY KEY AUTOINCREMENT, name TEXT NOT NULL "
+        "UNIQUE, description TEXT NOT NULL DEFAULT '', created_at REAL NOT NULL, "
+        "image_threshold_override REAL, pixel_threshold_override REAL);"
+        "CREATE TABLE captures (id INTEGER PRIMARY KEY AUTOINCREMENT, product_id INTEGER, "
+        "file TEXT NOT NULL, source TEXT NOT NULL, width INTEGER NOT NULL, height INTEGER NOT "
+        "NULL, bytes INTEGER NOT NULL, created_at REAL NOT NULL);"
+        "INSERT INTO products (name, created_at) VALUES ('Bottle', 0), ('bottle', 0);"
+        "PRAGMA user_version=2;")
+    conn.close()
+    db = Database(path)  # mixed-case duplicates from before stay readable
+    with db.connect() as conn:
+        columns = {row[1] for row in conn.execute("PRAGMA table_info(captures)")}
+        assert "name" in columns
+        assert {row[1] for row in conn.execute("PRAGMA table_info(inspections)")} >= {
+            "label", "map_file"}
+        assert conn.execute("PRAGMA user_version").fetchone()[0] == 3

@@ -19,6 +19,12 @@ class Thresholds(BaseModel):
     pixel: float | None = None
 
 
+class CalibratedThresholds(Thresholds):
+    normal_scores: list[float] = Field(
+        default_factory=list, description="image scores of the held-out normal captures "
+                                          "they were calibrated on")
+
+
 class ProductOut(BaseModel):
     id: int
     name: str
@@ -26,7 +32,7 @@ class ProductOut(BaseModel):
     created_at: float
     captures: int
     trained: bool
-    thresholds: Thresholds | None = None
+    thresholds: CalibratedThresholds | None = None
     threshold_override: Thresholds
 
 

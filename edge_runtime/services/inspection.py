@@ -4,8 +4,10 @@ RAM, latency statistics, metrics and events."""
 from __future__ import annotations
 
 import collections
+import logging
 import threading
 import time
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import asdict, dataclass
 
 import numpy as np
@@ -19,6 +21,8 @@ from edge_runtime.services.models import ModelRegistry
 from edge_runtime.services.products import ProductService
 from edge_runtime.storage import repositories as repo
 from edge_runtime.storage.db import Database
+
+log = logging.getLogger("edge_runtime.inspection")
 
 
 @dataclass
@@ -37,12 +41,15 @@ class InspectionRecord:
 
 class InspectionService:
     PRUNE_EVERY = 1000
+    MAX_PENDING = 32  # maps waiting to be written
 
     def __init__(self, db: Database, registry: ModelRegistry, products: ProductService,
                  metrics: Metrics, bus: events.EventBus, keep_recent_maps: int,
                  keep_records: int = 100_000, maps: MapStore | None = None) -> None:
         self.db, self.registry, self.products = db, registry, products
         self.maps = maps
+        self._writer = ThreadPoolExecutor(1, thread_name_prefix="maps")
+        self._pending = 0
         self.metrics, self.bus = metrics, bus
         self.keep_records = keep_records
         self._lock = threading.Lock()
@@ -73,7 +80,7 @@ class InspectionService:
                 while len(self._recent) > self._keep:
                     self._recent.popitem(last=False)
         if prediction.label == REJECT:  # a reject may be looked at much later
-            self.keep_map(inspection_id, recent)
+            self._keep_in_background(inspection_id, recent)
         record = InspectionRecord(inspection_id, product["id"], product["name"],
                                   prediction.score, prediction.label, thresholds.image,
                                   round(seconds * 1000, 3), live.version)
@@ -100,6 +107,25 @@ class InspectionService:
                             f"last {self._keep} are kept in memory, rejects and reviewed "
                             "parts on disk within inspection.keep_maps_mb)")
         return kept
+
+    def _keep_in_background(self, inspection_id: int, recent: RecentMap) -> None:
+        """Compressing and fsyncing a map takes milliseconds on an SD card: one writer
+        thread does it off the request path; a burst beyond MAX_PENDING is not kept."""
+        with self._lock:
+            if self._pending >= self.MAX_PENDING:
+                return
+            self._pending += 1
+
+        def write() -> None:
+            try:
+                self.keep_map(inspection_id, recent)
+            except Exception:  # noqa: BLE001 - a lost map must never fail the line
+                log.exception("could not keep the map of inspection %d", inspection_id)
+            finally:
+                with self._lock:
+                    self._pending -= 1
+
+        self._writer.submit(write)
 
     def keep_map(self, inspection_id: int, recent: RecentMap) -> None:
         """Write the map to disk (rejects, reviewed parts) and note it on the row."""

@@ -337,10 +337,11 @@ async function loadThreshold() {
   const t = state.thr;
   t.product = p;
   t.scores = page.inspections.map((i) => i.score);
+  t.normals = p.thresholds ? p.thresholds.normal_scores || [] : [];
   t.calibrated = p.thresholds ? p.thresholds.image : null;
   t.current = p.threshold_override.image || t.calibrated;
   t.value = t.current;
-  t.max = Math.max(...t.scores, (t.current || 0) * 2, 1e-6) * 1.1;
+  t.max = Math.max(...t.scores, ...t.normals, (t.current || 0) * 2, 1e-6) * 1.1;
   $("#thr-current").textContent = !t.current ? "not trained yet"
     : p.threshold_override.image
       ? `in use: ${fmt(t.current)} set by the operator (calibrated: ${fmt(t.calibrated)})`
@@ -357,10 +358,12 @@ function setThreshold(value) {
   const rejectNow = t.scores.filter((s) => s > t.current).length;
   const rejectNew = t.scores.filter((s) => s > t.value).length;
   const changed = t.scores.filter((s) => (s > t.current) !== (s > t.value)).length;
-  $("#thr-preview").textContent = t.scores.length
+  const normalsOut = t.normals.filter((s) => s > t.value).length;
+  $("#thr-preview").textContent = (t.scores.length
     ? `At ${fmt(t.value)}: ${rejectNew} of the last ${t.scores.length} parts would be rejected ` +
       `(now ${rejectNow}); ${changed} decision(s) would change.`
-    : "No inspections of this product yet.";
+    : "No inspections of this product yet.") + (t.normals.length
+    ? ` ${normalsOut} of ${t.normals.length} held-out good parts would be rejected.` : "");
   $("#thr-preview").dataset.rejects = rejectNew;
   drawHistogram();
 }
@@ -374,13 +377,22 @@ function drawHistogram() {
   const bins = Math.max(10, Math.min(60, Math.floor(c.width / 16)));
   const counts = new Array(bins).fill(0);
   t.scores.forEach((s) => { counts[Math.min(bins - 1, Math.floor((s / t.max) * bins))] += 1; });
-  const top = Math.max(...counts, 1);
+  const normals = new Array(bins).fill(0);
+  t.normals.forEach((s) => { normals[Math.min(bins - 1, Math.floor((s / t.max) * bins))] += 1; });
+  const top = Math.max(...counts, ...normals, 1);
   const w = c.width / bins;
   counts.forEach((n, i) => {
     const lo = (i / bins) * t.max;
     g.fillStyle = lo >= t.value ? "#c62828" : "#1f8f4e";
     const h = (n / top) * (c.height - 40);
     g.fillRect(i * w + 1, c.height - 20 - h, w - 2, h);
+  });
+  g.strokeStyle = "#7fb3ff";  // held-out good parts of the last training: outlined
+  g.lineWidth = 2;
+  normals.forEach((n, i) => {
+    if (!n) return;
+    const h = (n / top) * (c.height - 40);
+    g.strokeRect(i * w + 2, c.height - 20 - h, w - 4, h);
   });
   const x = (t.value / t.max) * c.width;
   g.strokeStyle = "#fff";
@@ -393,7 +405,8 @@ function drawHistogram() {
   }
   g.fillStyle = "#e8eaed";
   g.font = "16px sans-serif";
-  g.fillText(`threshold ${fmt(t.value)}  (pass left, reject right; dashed: in use)`, 8, 18);
+  g.fillText(`threshold ${fmt(t.value)}: pass left, reject right; dashed: in use; ` +
+    "filled: recent parts; blue outline: held-out good parts", 8, 18);
   g.fillStyle = "#9aa4ae";
   g.fillText("0", 2, c.height - 4);
   g.fillText(fmt(t.max, 3), c.width - 60, c.height - 4);
