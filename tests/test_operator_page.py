@@ -173,7 +173,10 @@ def test_operator_flow_in_a_browser(daemon, browser, data_root, tmp_path):
     card.find_element(By.CSS_SELECTOR, "button[data-label='fine']").click()
     wait.until(lambda d: "9 now" in card.text)
     _go(browser, daemon, "products")
-    wait.until(lambda d: d.find_element(By.CSS_SELECTOR, "#products td.count").text == "9")
+    # the table re-renders on every product event: read it in the page, not by element handle
+    wait.until(lambda d: d.execute_script(
+        "const c = document.querySelector('#products td.count'); return c && c.textContent")
+        == "9")
 
     # models: an earlier version on disk, rolled back to from the page
     models = daemon.data_dir / "models"
@@ -184,8 +187,9 @@ def test_operator_flow_in_a_browser(daemon, browser, data_root, tmp_path):
                                                  "button[data-promote='v000000']"))
     button.click()
     browser.switch_to.alert.accept()
-    wait.until(lambda d: d.find_element(By.CSS_SELECTOR,
-                                        "tr[data-version='v000000']").text.find("live") >= 0)
+    wait.until(lambda d: "live" in (d.execute_script(
+        "const r = document.querySelector(\"tr[data-version='v000000']\");"
+        "return r ? r.textContent : ''") or ""))
     assert daemon.client.get("/status").json()["model_version"] == "v000000"
     shot("models_rolled_back")
     _go(browser, daemon, "system")
