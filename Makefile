@@ -38,6 +38,7 @@ lint: venv
 # The main job: the daemon on its embedded defaults (127.0.0.1:8765, data in
 # ~/.local/share/edge-runtime). Ctrl-C stops it.
 run: venv
+	@echo "edge-runtime: data in $${EDGE_RUNTIME_DATA_DIR:-$$HOME/.local/share/edge-runtime}; page at http://127.0.0.1:8765/"
 	$(BIN)/edge-runtime serve
 
 # Train on one category and inspect one of its test images, from the command line.

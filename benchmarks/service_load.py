@@ -106,6 +106,39 @@ def _hammer(daemon: Daemon, jpegs: list[bytes], count: int, clients: int, desc: 
             "throughput_rps": count / wall, "errors": errors, "count": count}
 
 
+class EventListeners:
+    """``count`` clients reading GET /events (the operator's page) while the line runs."""
+
+    def __init__(self, daemon: Daemon, count: int) -> None:
+        self.daemon, self.count, self.events = daemon, count, 0
+        self._stop = threading.Event()
+        self._ready = threading.Barrier(count + 1) if count else None
+        self._threads = [threading.Thread(target=self._listen, daemon=True)
+                         for _ in range(count)]
+
+    def _listen(self) -> None:
+        import httpx
+
+        with httpx.Client(base_url=self.daemon.url, timeout=30) as client, \
+                client.stream("GET", "/events") as response:
+            self._ready.wait()
+            for line in response.iter_lines():
+                if line.startswith("data: "):
+                    self.events += 1
+                if self._stop.is_set():
+                    return
+
+    def __enter__(self) -> EventListeners:
+        for thread in self._threads:
+            thread.start()
+        if self._ready:
+            self._ready.wait(30)
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self._stop.set()  # each listener returns at its next event or keep-alive
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__)
     parser.add_argument("--data", type=Path, default=SHARED / "data")
@@ -114,6 +147,8 @@ def main() -> None:
                         help="concurrent clients (one per core keeps p50 free of queueing)")
     parser.add_argument("--quick", action="store_true", help="200 requests per phase")
     parser.add_argument("--no-mqtt", action="store_true", help="skip the MQTT on/off phase")
+    parser.add_argument("--event-streams", type=int, default=2,
+                        help="page clients on GET /events in the extra phase (0: skip it)")
     args = parser.parse_args()
     count = 200 if args.quick else args.requests
     jpegs = _jpegs(args.data)
@@ -129,6 +164,11 @@ def main() -> None:
         daemon.wait_live(job["version"])
         with PeakRss(daemon.process.pid) as peak:
             idle = _hammer(daemon, jpegs, count, args.clients, "idle")
+            streamed = None
+            if args.event_streams:
+                with EventListeners(daemon, args.event_streams) as listeners:
+                    streamed = _hammer(daemon, jpegs, count, args.clients, "event streams")
+                streamed["events"] = listeners.events
             response = c.post(f"/products/{product['id']}/train", json={"epochs": 100})
             assert response.status_code == 202, response.text
             training = response.json()
@@ -146,6 +186,9 @@ def main() -> None:
     rows = [["idle", idle["p50_ms"], idle["p99_ms"], idle["throughput_rps"], idle["errors"]],
             ["during training", busy["p50_ms"], busy["p99_ms"], busy["throughput_rps"],
              busy["errors"]]]
+    if streamed:
+        rows.insert(1, [f"idle, {args.event_streams} event streams", streamed["p50_ms"],
+                        streamed["p99_ms"], streamed["throughput_rps"], streamed["errors"]])
     print(f"{count} JPEG inspections per phase, {args.clients} concurrent clients, "
           f"client and server on the same 2 cores")
     print_table(["phase", "p50 ms", "p99 ms", "inspections/s", "errors"], rows)
@@ -160,9 +203,11 @@ def main() -> None:
         "p50_ms_during_training": round(busy["p50_ms"], 2),
         "p99_ms_during_training": round(busy["p99_ms"], 2),
         "throughput_rps_during_training": round(busy["throughput_rps"], 1),
-        "errors": idle["errors"] + busy["errors"],
+        "errors": idle["errors"] + busy["errors"] + (streamed["errors"] if streamed else 0),
         "main_rss_mb": round(main_rss, 1), "worker_peak_rss_mb": round(peak.worker_mb, 1),
         "training_overlapped": still == "running",
+        "p50_ms_with_event_streams": round(streamed["p50_ms"], 2) if streamed else None,
+        "events_delivered": streamed["events"] if streamed else None,
     } | mqtt_keys)
 
 

@@ -86,7 +86,7 @@ def _inferencer(model: Path, threads: int):
 
 
 def cmd_inspect(args: argparse.Namespace) -> int:
-    from edge_runtime.inference.overlay import overlay_png
+    from edge_runtime.inference.overlay import overlay_png, verdict_overlay_png
 
     manifest, inferencer = _inferencer(args.model, args.threads)
     product = args.product or next(iter(manifest.thresholds), None)
@@ -98,8 +98,9 @@ def cmd_inspect(args: argparse.Namespace) -> int:
         report |= {"product": product, "threshold": thresholds.image,
                    "verdict": prediction.label}
     if args.out:
-        vmax = 2 * thresholds.pixel if thresholds else None
-        png = overlay_png(rgb, prediction.anomaly_map, vmax)
+        png = (verdict_overlay_png(rgb, prediction.anomaly_map, thresholds.image,
+                                   prediction.score, prediction.label) if thresholds
+               else overlay_png(rgb, prediction.anomaly_map))
         Path(args.out).parent.mkdir(parents=True, exist_ok=True)
         Path(args.out).write_bytes(png)
         report["map"] = str(args.out)

@@ -50,5 +50,15 @@ class DataLayout:
         token must not appear on a command line, where any local user can read it)."""
         return self.work / f"job-{job_id}.settings.json"
 
+    @property
+    def maps(self) -> Path:
+        """Maps of rejects and reviewed parts, kept within inspection.keep_maps_mb."""
+        return self.root / "maps"
+
+    @property
+    def examples(self) -> Path:
+        """Parts an operator marked defective: ``<product id>/inspection-<id>.png``."""
+        return self.root / "examples"
+
     def capture(self, relative: str | Path) -> Path:
         return self.captures / relative

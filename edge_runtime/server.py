@@ -21,6 +21,11 @@ def serve(config: str | None, data_dir: str | None, host: str | None, port: int 
     from edge_runtime.systemd import Notifier
 
     app = create_app(settings, notifier=Notifier.from_environment())
+    logging.getLogger("edge_runtime").info(
+        "data in %s (state.db, captures/, models/, replay/, logs/); the operator's page at "
+        "http://%s:%d/", settings.data_path, settings.api.host, settings.api.port)
+    # access lines come from RequestLogMiddleware (with milliseconds); open event streams
+    # must not hold a shutdown up
     uvicorn.run(app, host=settings.api.host, port=settings.api.port, log_level="info",
-                access_log=False)
+                access_log=False, timeout_graceful_shutdown=3)
     return 0

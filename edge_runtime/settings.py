@@ -79,6 +79,8 @@ class SerialSettings:
 class InspectionSettings:
     keep_recent_maps: int = 32  # anomaly maps kept in RAM for GET .../map.png
     keep_records: int = 100_000  # inspection rows kept in SQLite (newest)
+    # disk budget for the maps of rejects and reviewed parts (kept longer than the RAM ones)
+    keep_maps_mb: float = 200.0
 
 
 @dataclass(frozen=True)
@@ -190,6 +192,7 @@ def validate(settings: Settings) -> Settings:
         (settings.serial.heartbeat_s > 0, "serial.heartbeat_s must be positive"),
         (settings.inspection.keep_recent_maps >= 0, "inspection.keep_recent_maps must be >= 0"),
         (settings.inspection.keep_records >= 1000, "inspection.keep_records must be >= 1000"),
+        (settings.inspection.keep_maps_mb >= 0, "inspection.keep_maps_mb must be >= 0"),
         (settings.is_loopback or len(settings.api.token) >= 16,
          f"api.host is {settings.api.host} (not loopback): set api.token (16+ characters) "
          "so mutating endpoints need a bearer token"),

@@ -48,7 +48,7 @@ def test_operator_flow_two_products(daemon, data_root, tmp_path):
     assert {bad_result["verdict"], good_result["verdict"]} <= {"pass", "reject"}
     png = c.get(bad_result["map_url"])
     assert png.status_code == 200 and png.headers["content-type"] == "image/png"
-    assert Image.open(io.BytesIO(png.content)).size == (256, 256)
+    assert Image.open(io.BytesIO(png.content)).size == (256, 256 + 64)  # legend band
     raw = np.load(io.BytesIO(c.get(f"/inspections/{bad_result['id']}/map.npy").content))
     assert raw.shape == (256, 256) and float(raw.max()) > 0
     assert c.get(f"/inspections/{bad_result['id']}/map16.png").status_code == 200

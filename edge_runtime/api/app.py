@@ -10,7 +10,19 @@ from fastapi import FastAPI, Request
 from fastapi.responses import JSONResponse
 
 import edge_runtime
-from edge_runtime.api.endpoints import bundles, inspections, jobs, models, products, system
+from edge_runtime.api.endpoints import (
+    bundles,
+    curation,
+    history,
+    inspections,
+    jobs,
+    models,
+    products,
+    stream,
+    system,
+    web,
+)
+from edge_runtime.api.request_log import RequestLogMiddleware
 from edge_runtime.api.uploads import BodyLimitMiddleware
 from edge_runtime.camera import CameraError, CameraNotConfiguredError
 from edge_runtime.events.daemon import start_event_sinks, stop_event_sinks
@@ -75,12 +87,17 @@ def create_app(settings: Settings, runtime: Runtime | None = None,
         stop_event_sinks(sinks)
 
     app = FastAPI(title="edge-runtime", version=edge_runtime.__version__, lifespan=lifespan,
-                  description="On-device continual-learning visual anomaly detection")
+                  description="On-device continual-learning visual anomaly detection",
+                  docs_url=None, redoc_url=None)  # served offline by endpoints/web.py
     app.state.runtime = runtime
     limit = int(settings.api.max_upload_mb * 2**20) * MAX_FILES_PER_REQUEST
     app.add_middleware(BodyLimitMiddleware, limit=limit)
-    for module in (system, products, jobs, inspections, models, bundles):
+    app.add_middleware(RequestLogMiddleware)
+    # history before inspections: /inspections/counts is not /inspections/{id}
+    for module in (system, products, jobs, history, inspections, models, bundles, curation,
+                   stream):
         app.include_router(module.router)
+    web.mount(app)
     for exc_type, status in STATUS_OF.items():
         app.add_exception_handler(exc_type, _error(status))
     app.add_exception_handler(Exception, _unexpected)

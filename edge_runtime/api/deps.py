@@ -14,6 +14,8 @@ from edge_runtime.services.inspection import InspectionService
 from edge_runtime.services.jobs import JobManager
 from edge_runtime.services.models import ModelRegistry
 from edge_runtime.services.products import SQLITE_MAX_ID, ProductService
+from edge_runtime.services.removal import ProductRemoval
+from edge_runtime.services.review import ReviewService
 from edge_runtime.services.runtime import Runtime
 from edge_runtime.services.status import StatusService
 from edge_runtime.settings import Settings
@@ -42,6 +44,8 @@ InspectionsDep = Annotated[InspectionService, Depends(_part("inspections"))]
 JobsDep = Annotated[JobManager, Depends(_part("jobs"))]
 ModelsDep = Annotated[ModelRegistry, Depends(_part("models"))]
 StatusDep = Annotated[StatusService, Depends(_part("status"))]
+ReviewsDep = Annotated[ReviewService, Depends(_part("reviews"))]
+RemovalDep = Annotated[ProductRemoval, Depends(_part("removal"))]
 
 bearer = HTTPBearer(auto_error=False, description="api.token, required when one is configured")
 

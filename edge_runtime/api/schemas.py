@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from typing import Literal
+
 from pydantic import BaseModel, Field
 
 PRODUCT_NAME = r"^[A-Za-z0-9][A-Za-z0-9 _.\-]{0,63}$"
@@ -17,6 +19,12 @@ class Thresholds(BaseModel):
     pixel: float | None = None
 
 
+class CalibratedThresholds(Thresholds):
+    normal_scores: list[float] = Field(
+        default_factory=list, description="image scores of the held-out normal captures "
+                                          "they were calibrated on")
+
+
 class ProductOut(BaseModel):
     id: int
     name: str
@@ -24,13 +32,14 @@ class ProductOut(BaseModel):
     created_at: float
     captures: int
     trained: bool
-    thresholds: Thresholds | None = None
+    thresholds: CalibratedThresholds | None = None
     threshold_override: Thresholds
 
 
 class CaptureOut(BaseModel):
     id: int
     product_id: int
+    name: str = Field(default="", description="the uploaded file name (display only)")
     source: str
     width: int
     height: int
@@ -49,7 +58,9 @@ class TrainIn(BaseModel):
 
 
 class ThresholdIn(BaseModel):
-    image: float = Field(gt=0, allow_inf_nan=False)
+    """null (or left out) removes that override: the calibrated value decides again."""
+
+    image: float | None = Field(default=None, gt=0, allow_inf_nan=False)
     pixel: float | None = Field(default=None, gt=0, allow_inf_nan=False)
 
 
@@ -65,8 +76,11 @@ class JobOut(BaseModel):
     loss: float | None
     eta_seconds: float | None
     cancel_requested: bool
+    percent: float = Field(default=0.0, description="0-100 over all phases")
     version: str | None
     error: str | None
+    result: dict | None = Field(default=None, description="version, thresholds and the "
+                                "threshold_changes a succeeded job made")
     created_at: float
     started_at: float | None
     finished_at: float | None
@@ -90,3 +104,58 @@ class ModelVersionOut(BaseModel):
     products: list[str]
     training: dict
     live: bool
+
+
+class InspectionRow(BaseModel):
+    id: int
+    product_id: int
+    product: str
+    score: float
+    verdict: str
+    threshold: float
+    latency_ms: float
+    model_version: str
+    source: str
+    created_at: float
+    label: str | None
+    map_kept: bool = Field(description="the map is kept on disk (rejects, reviewed parts)")
+    map_url: str
+
+
+class InspectionPage(BaseModel):
+    total: int
+    limit: int
+    offset: int
+    inspections: list[InspectionRow]
+
+
+class InspectionCounts(BaseModel):
+    product_id: int
+    product: str
+    pass_: int = Field(alias="pass")
+    reject: int
+    pass_recent: int
+    reject_recent: int
+
+
+class ReviewIn(BaseModel):
+    label: Literal["fine", "defective"] = Field(
+        description="fine: the image becomes a normal capture (the next training learns it); "
+                    "defective: kept as a labelled example of the product")
+
+
+class ReviewOut(BaseModel):
+    inspection_id: int
+    label: str
+    product_id: int
+    captures: int
+    capture_id: int | None = None
+    example: str | None = None
+
+
+class ProductDeleted(BaseModel):
+    id: int
+    name: str
+    deleted: bool
+    in_live_model: bool
+    consequences: str

@@ -24,6 +24,8 @@ class Thresholds:
     image: float  # verdict threshold on the image score
     pixel: float  # colour scale of the map: pixels above it are anomalous
     normal_count: int = 0  # held-out normal images it was calibrated on
+    # their image scores, so an operator can see where the threshold sits among them
+    normal_scores: tuple[float, ...] = ()
 
     def verdict(self, score: float) -> str:
         return REJECT if score > self.image else PASS
@@ -37,7 +39,8 @@ class Thresholds:
 
     @classmethod
     def from_dict(cls, data: dict) -> Thresholds:
-        return cls(float(data["image"]), float(data["pixel"]), int(data.get("normal_count", 0)))
+        return cls(float(data["image"]), float(data["pixel"]), int(data.get("normal_count", 0)),
+                   tuple(float(x) for x in data.get("normal_scores", ())))
 
 
 def calibrate(normal_maps: np.ndarray, normal_scores: np.ndarray) -> Thresholds:
@@ -45,4 +48,5 @@ def calibrate(normal_maps: np.ndarray, normal_scores: np.ndarray) -> Thresholds:
         raise ValueError("calibration needs at least one held-out normal image")
     image = float(np.quantile(normal_scores, IMAGE_QUANTILE)) * MARGIN
     pixel = float(np.quantile(normal_maps, PIXEL_QUANTILE)) * MARGIN
-    return Thresholds(image=image, pixel=pixel, normal_count=int(len(normal_scores)))
+    return Thresholds(image=image, pixel=pixel, normal_count=int(len(normal_scores)),
+                      normal_scores=tuple(round(float(x), 7) for x in normal_scores))

@@ -7,7 +7,9 @@ request is validated before any is stored, so a bad file leaves nothing behind.
 from __future__ import annotations
 
 import io
+import re
 import secrets
+import shutil
 from pathlib import Path
 
 from PIL import Image
@@ -16,11 +18,18 @@ from edge_runtime.atomic import atomic_write_bytes
 from edge_runtime.camera import MonitoredCamera
 from edge_runtime.data_layout import DataLayout
 from edge_runtime.inference.preprocess import load_rgb
-from edge_runtime.services.errors import InvalidRequestError
+from edge_runtime.services.errors import GoneError, InvalidRequestError, NotFoundError
 from edge_runtime.storage import repositories as repo
 from edge_runtime.storage.db import Database
 
 SUFFIX = {"PNG": ".png", "JPEG": ".jpg"}
+_UNSAFE = re.compile(r"[^A-Za-z0-9 _.()\-]")
+
+
+def clean_name(name: str | None) -> str:
+    """An uploaded file name for display: the last path part, printable, 100 chars."""
+    base = (name or "").replace("\\", "/").rsplit("/", 1)[-1]
+    return _UNSAFE.sub("_", base)[:100]
 
 
 def image_info(data: bytes) -> tuple[str, int, int]:
@@ -34,26 +43,65 @@ class CaptureService:
     def __init__(self, db: Database, layout: DataLayout, camera: MonitoredCamera) -> None:
         self.db, self.layout, self.camera = db, layout, camera
 
-    def add(self, product: dict, uploads: list[bytes], camera_frames: int = 0) -> dict:
-        """Uploads and camera frames, all validated first, then stored."""
+    def add(self, product: dict, uploads: list[bytes], camera_frames: int = 0,
+            names: list[str] | None = None, source: str = "upload") -> dict:
+        """Uploads and camera frames, all validated first, then stored. ``names`` are the
+        uploaded file names, kept for the operator to recognise (never used as paths)."""
         if not uploads and not camera_frames:
             raise InvalidRequestError("upload one or more files, or ask for camera_frames")
-        blobs = [(data, "upload") for data in uploads]
-        blobs += [(self.camera.capture(), f"camera:{self.camera.name}")
+        names = list(names or [])
+        blobs = [(data, source, clean_name(names[i] if i < len(names) else ""))
+                 for i, data in enumerate(uploads)]
+        blobs += [(self.camera.capture(), f"camera:{self.camera.name}", "")
                   for _ in range(camera_frames)]
-        infos = [image_info(data) for data, _ in blobs]
-        stored = [self._store(product["id"], data, source, info)
-                  for (data, source), info in zip(blobs, infos, strict=True)]
+        infos = [image_info(data) for data, _, _ in blobs]
+        stored = [self._store(product["id"], data, source, info, name)
+                  for (data, source, name), info in zip(blobs, infos, strict=True)]
         return {"count": len(stored), "captures": stored}
 
     def _store(self, product_id: int, data: bytes, source: str,
-               info: tuple[str, int, int]) -> dict:
+               info: tuple[str, int, int], name: str = "") -> dict:
         fmt, width, height = info
         relative = Path(str(product_id)) / f"{secrets.token_hex(8)}{SUFFIX[fmt]}"
         atomic_write_bytes(self.layout.capture(relative), data)
         with self.db.connect() as conn:
             return repo.add_capture(conn, product_id, str(relative), source, width, height,
-                                    len(data))
+                                    len(data), name)
+
+    def get(self, product_id: int, capture_id: int) -> dict:
+        with self.db.connect(write=False) as conn:
+            row = repo.get_capture(conn, capture_id)
+        if row is None or row["product_id"] != product_id:
+            raise NotFoundError(f"product {product_id} has no capture {capture_id}")
+        return row
+
+    def image(self, product_id: int, capture_id: int, thumbnail: int = 0) -> tuple[bytes, str]:
+        """The stored bytes (and media type), or a JPEG thumbnail ``thumbnail`` px wide."""
+        row = self.get(product_id, capture_id)
+        path = self.layout.capture(row["file"])
+        try:
+            data = path.read_bytes()
+        except FileNotFoundError as exc:
+            raise GoneError(f"the file of capture {capture_id} is missing") from exc
+        if not thumbnail:
+            return data, "image/png" if path.suffix == ".png" else "image/jpeg"
+        with Image.open(io.BytesIO(data)) as image:
+            image = image.convert("RGB")
+            image.thumbnail((thumbnail, thumbnail))
+            buffer = io.BytesIO()
+            image.save(buffer, format="JPEG", quality=80)
+        return buffer.getvalue(), "image/jpeg"
+
+    def delete(self, product_id: int, capture_id: int) -> None:
+        """The row first: a crash between the two leaves an orphan file, never a row
+        pointing at nothing that training would trip over."""
+        row = self.get(product_id, capture_id)
+        with self.db.connect() as conn:
+            repo.delete_capture(conn, capture_id)
+        self.layout.capture(row["file"]).unlink(missing_ok=True)
+
+    def delete_files(self, product_id: int) -> None:
+        shutil.rmtree(self.layout.captures / str(product_id), ignore_errors=True)
 
     def list(self, product_id: int, limit: int = -1, offset: int = 0) -> dict:
         with self.db.connect(write=False) as conn:

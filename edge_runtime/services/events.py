@@ -18,6 +18,8 @@ log = logging.getLogger("edge_runtime.events")
 INSPECTION = "inspection"  # a verdict
 JOB = "job"  # training progress and completion
 MODEL = "model"  # a version went live
+PRODUCT = "product"  # created, deleted, captures or threshold changed
+REVIEW = "review"  # an operator labelled an inspection
 
 
 @dataclass(frozen=True)

@@ -4,20 +4,25 @@ RAM, latency statistics, metrics and events."""
 from __future__ import annotations
 
 import collections
+import logging
 import threading
 import time
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import asdict, dataclass
 
 import numpy as np
 
-from edge_runtime.inference.thresholds import Thresholds
+from edge_runtime.inference.thresholds import REJECT
 from edge_runtime.services import events
 from edge_runtime.services.errors import GoneError, found
+from edge_runtime.services.map_store import MapStore, RecentMap
 from edge_runtime.services.metrics import Metrics
 from edge_runtime.services.models import ModelRegistry
 from edge_runtime.services.products import ProductService
 from edge_runtime.storage import repositories as repo
 from edge_runtime.storage.db import Database
+
+log = logging.getLogger("edge_runtime.inspection")
 
 
 @dataclass
@@ -34,20 +39,17 @@ class InspectionRecord:
     model_version: str
 
 
-@dataclass
-class RecentMap:
-    rgb: np.ndarray  # uint8 (S, S, 3)
-    anomaly_map: np.ndarray  # float16 (S, S)
-    thresholds: Thresholds
-
-
 class InspectionService:
     PRUNE_EVERY = 1000
+    MAX_PENDING = 32  # maps waiting to be written
 
     def __init__(self, db: Database, registry: ModelRegistry, products: ProductService,
                  metrics: Metrics, bus: events.EventBus, keep_recent_maps: int,
-                 keep_records: int = 100_000) -> None:
+                 keep_records: int = 100_000, maps: MapStore | None = None) -> None:
         self.db, self.registry, self.products = db, registry, products
+        self.maps = maps
+        self._writer = ThreadPoolExecutor(1, thread_name_prefix="maps")
+        self._pending = 0
         self.metrics, self.bus = metrics, bus
         self.keep_records = keep_records
         self._lock = threading.Lock()
@@ -69,17 +71,22 @@ class InspectionService:
             if inspection_id % self.PRUNE_EVERY == 0:
                 repo.prune_inspections(conn, self.keep_records)
         self.metrics.observe_inspection(product["name"], prediction.label, seconds)
+        recent = RecentMap(rgb, prediction.anomaly_map.astype(np.float16), thresholds,
+                           prediction.score, prediction.label)
         with self._lock:
             self._latencies.append(seconds * 1000)
             if self._keep:
-                self._recent[inspection_id] = RecentMap(
-                    rgb, prediction.anomaly_map.astype(np.float16), thresholds)
+                self._recent[inspection_id] = recent
                 while len(self._recent) > self._keep:
                     self._recent.popitem(last=False)
+        if prediction.label == REJECT:  # a reject may be looked at much later
+            self._keep_in_background(inspection_id, recent)
         record = InspectionRecord(inspection_id, product["id"], product["name"],
                                   prediction.score, prediction.label, thresholds.image,
                                   round(seconds * 1000, 3), live.version)
-        self.bus.publish(events.INSPECTION, asdict(record) | {"source": source})
+        self.bus.publish(events.INSPECTION, asdict(record) | {
+            "source": source, "created_at": time.time(),
+            "map_url": f"/inspections/{inspection_id}/map.png"})
         return record
 
     def get(self, inspection_id: int) -> dict:
@@ -91,11 +98,63 @@ class InspectionService:
         """The map of a recent inspection; 404 if it never existed, 410 if no longer kept."""
         with self._lock:
             recent = self._recent.get(inspection_id)
-        if recent is None:
-            self.get(inspection_id)
-            raise GoneError(f"the map of inspection {inspection_id} is no longer kept "
-                            f"(the last {self._keep} are kept in memory)")
-        return recent
+        if recent is not None:
+            return recent
+        row = self.get(inspection_id)
+        kept = self.maps.load(row["map_file"]) if self.maps and row["map_file"] else None
+        if kept is None:
+            raise GoneError(f"the map of inspection {inspection_id} is no longer kept (the "
+                            f"last {self._keep} are kept in memory, rejects and reviewed "
+                            "parts on disk within inspection.keep_maps_mb)")
+        return kept
+
+    def _keep_in_background(self, inspection_id: int, recent: RecentMap) -> None:
+        """Compressing and fsyncing a map takes milliseconds on an SD card: one writer
+        thread does it off the request path; a burst beyond MAX_PENDING is not kept."""
+        with self._lock:
+            if self._pending >= self.MAX_PENDING:
+                return
+            self._pending += 1
+
+        def write() -> None:
+            try:
+                self.keep_map(inspection_id, recent)
+            except Exception:  # noqa: BLE001 - a lost map must never fail the line
+                log.exception("could not keep the map of inspection %d", inspection_id)
+            finally:
+                with self._lock:
+                    self._pending -= 1
+
+        self._writer.submit(write)
+
+    def keep_map(self, inspection_id: int, recent: RecentMap) -> None:
+        """Write the map to disk (rejects, reviewed parts) and note it on the row."""
+        if self.maps is None:
+            return
+        name = self.maps.save(inspection_id, recent)
+        if name:
+            with self.db.connect(durable=False) as conn:
+                repo.set_inspection_map_file(conn, inspection_id, name)
+
+    def list(self, limit: int = 50, offset: int = 0, **filters) -> dict:
+        with self.db.connect(write=False) as conn:
+            rows, total = repo.list_inspections(conn, limit=limit, offset=offset, **filters)
+        for row in rows:
+            row["map_kept"] = bool(row["map_kept"])
+            row["map_url"] = f"/inspections/{row['id']}/map.png"
+        return {"total": total, "limit": limit, "offset": offset, "inspections": rows}
+
+    def counts(self, window_s: float = 3600) -> list[dict]:
+        with self.db.connect(write=False) as conn:
+            return repo.inspection_counts(conn, time.time() - window_s)
+
+    def forget_product(self, product_id: int) -> None:
+        """Drop the maps of a deleted product (RAM and disk) before its rows go."""
+        with self.db.connect(write=False) as conn:
+            files = repo.product_map_files(conn, product_id)
+        if self.maps:
+            for name in files:
+                self.maps.delete(name)
 
     def latency_stats(self) -> dict:
         with self._lock:

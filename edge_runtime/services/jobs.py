@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import logging
 import subprocess
 import sys
@@ -17,6 +18,28 @@ from edge_runtime.storage import repositories as repo
 from edge_runtime.storage.db import Database
 
 log = logging.getLogger("edge_runtime.jobs")
+
+
+def with_result(job: dict) -> dict:
+    """The job row with its JSON ``result`` decoded."""
+    raw = job.get("result")
+    return job | {"result": json.loads(raw) if raw else None}
+
+
+def promotion_result(old: dict, new: dict, old_version: str | None, version: str) -> dict:
+    """What a new version changed: every product's thresholds, and which moved (an
+    operator must be told: a moved threshold changes verdicts; they may keep the old one
+    with PUT /products/{id}/threshold)."""
+    changes = {}
+    for name, thresholds in new.items():
+        previous = old.get(name)
+        if previous is not None and abs(previous.image - thresholds.image) > 1e-12:
+            changes[name] = {"old": previous.image, "new": thresholds.image,
+                             "ratio": round(thresholds.image / previous.image, 4)}
+    return {"version": version, "previous_version": old_version,
+            "products": sorted(new),
+            "thresholds": {name: t.to_dict() for name, t in sorted(new.items())},
+            "threshold_changes": changes}
 
 
 class JobManager:
@@ -51,7 +74,11 @@ class JobManager:
 
     def get(self, job_id: int) -> dict:
         with self.db.connect(write=False) as conn:
-            return found(repo.get_job(conn, job_id), f"no job with id {job_id}")
+            return with_result(found(repo.get_job(conn, job_id), f"no job with id {job_id}"))
+
+    def list(self, limit: int = 20, offset: int = 0) -> list[dict]:
+        with self.db.connect(write=False) as conn:
+            return [with_result(job) for job in repo.list_jobs(conn, limit, offset)]
 
     def active(self) -> dict | None:
         with self.db.connect(write=False) as conn:
@@ -119,27 +146,39 @@ class JobManager:
         with self._lock:
             self._process, self._job_id = None, None
         self.layout.job_settings(job_id).unlink(missing_ok=True)
-        with self.db.connect() as conn:
+        with self.db.connect(write=False) as conn:
             job = repo.get_job(conn, job_id)
-            if job["status"] in repo.ACTIVE_JOB_STATES:
-                repo.update_job(conn, job_id, status="failed", finished_at=time.time(),
-                                error=f"worker exited with code {process.returncode}; "
-                                      f"see {self.layout.job_log(job_id)}")
-        if job["status"] == "succeeded" and job["version"]:
-            self._promote(job_id, job["version"])
+        if job["status"] in repo.ACTIVE_JOB_STATES:
+            if process.returncode == 0 and job["version"]:
+                self._promote(job_id, job["version"])  # "succeeded" only once it serves
+            else:
+                with self.db.connect() as conn:
+                    repo.update_job(conn, job_id, only_if_active=True, status="failed",
+                                    finished_at=time.time(),
+                                    error=f"worker exited with code {process.returncode}; "
+                                          f"see {self.layout.job_log(job_id)}")
         self._publish_progress(job_id)
 
     def _promote(self, job_id: int, version: str) -> None:
+        before = self.registry.live
         try:
             live = self.registry.promote(version)
         except Exception as exc:  # noqa: BLE001
             with self.db.connect() as conn:
-                repo.update_job(conn, job_id, status="failed",
+                repo.update_job(conn, job_id, status="failed", finished_at=time.time(),
                                 error=f"new version failed verification: {exc}")
             return
-        log.info("model %s is live", live.version)
-        self.bus.publish(events.MODEL, {"version": live.version, "job_id": job_id,
-                                        "products": sorted(live.manifest.thresholds)})
+        result = promotion_result(before.manifest.thresholds if before else {},
+                                  live.manifest.thresholds, before.version if before else None,
+                                  live.version)
+        with self.db.connect() as conn:
+            repo.update_job(conn, job_id, status="succeeded", finished_at=time.time(),
+                            phase="done", percent=100.0, eta_seconds=0.0,
+                            result=json.dumps(result))
+        log.info("model %s is live%s", live.version, "".join(
+            f"; {name} threshold {c['old']:.5g} -> {c['new']:.5g}"
+            for name, c in result["threshold_changes"].items()))
+        self.bus.publish(events.MODEL, {"job_id": job_id, **result})
 
     def _publish_progress(self, job_id: int) -> None:
         job = self.get(job_id)

@@ -19,6 +19,7 @@ from edge_runtime.atomic import atomic_write_bytes
 from edge_runtime.inference import model_dir as md
 from edge_runtime.inference.inferencer import AnomalyInferencer
 from edge_runtime.inference.thresholds import Thresholds
+from edge_runtime.services.errors import NotFoundError
 
 log = logging.getLogger("edge_runtime.models")
 
@@ -93,6 +94,12 @@ class ModelRegistry:
         live = self._load(name)
         self._publish(live)
         return live
+
+    def promote_existing(self, name: str) -> LiveModel:
+        """An operator's rollback: 404 for a version that is not on disk."""
+        if name not in self._version_names():
+            raise NotFoundError(f"no model version {name!r} on disk")
+        return self.promote(name)
 
     def versions(self) -> list[VersionInfo]:
         """Every version on disk whose manifest reads, newest first."""

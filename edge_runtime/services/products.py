@@ -69,7 +69,8 @@ class ProductService:
             "id": product["id"], "name": product["name"],
             "description": product["description"], "created_at": product["created_at"],
             "captures": captures, "trained": calibrated is not None,
-            "thresholds": calibrated and {"image": calibrated.image, "pixel": calibrated.pixel},
+            "thresholds": calibrated and {"image": calibrated.image, "pixel": calibrated.pixel,
+                                          "normal_scores": list(calibrated.normal_scores)},
             "threshold_override": {"image": product["image_threshold_override"],
                                    "pixel": product["pixel_threshold_override"]},
         }

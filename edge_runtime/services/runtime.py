@@ -11,9 +11,12 @@ from edge_runtime.services.fleet_metrics import register_fleet_metrics
 from edge_runtime.services.inspection import InspectionService
 from edge_runtime.services.jobs import JobManager
 from edge_runtime.services.line import LineService
+from edge_runtime.services.map_store import MapStore
 from edge_runtime.services.metrics import Metrics
 from edge_runtime.services.models import ModelRegistry
 from edge_runtime.services.products import ProductService
+from edge_runtime.services.removal import ProductRemoval
+from edge_runtime.services.review import ReviewService
 from edge_runtime.services.status import StatusService
 from edge_runtime.settings import Settings
 from edge_runtime.storage.db import Database
@@ -32,6 +35,8 @@ class Runtime:
     line: LineService
     status: StatusService
     camera: MonitoredCamera
+    reviews: ReviewService
+    removal: ProductRemoval
 
 
 def build_runtime(settings: Settings) -> Runtime:
@@ -46,12 +51,16 @@ def build_runtime(settings: Settings) -> Runtime:
     models.open_last_good()
     camera = MonitoredCamera(make_camera(settings.camera.kind, settings.camera.directory))
     products = ProductService(db, models)
+    maps = MapStore(layout.maps, int(settings.inspection.keep_maps_mb * 2**20))
     inspections = InspectionService(db, models, products, metrics, bus,
                                     settings.inspection.keep_recent_maps,
-                                    settings.inspection.keep_records)
+                                    settings.inspection.keep_records, maps)
     line = LineService(settings.serial, products, camera, inspections)
     status = StatusService(settings, models, products, jobs, inspections, camera, line)
     metrics.add_state(status.collect)
     register_fleet_metrics(metrics.registry, db, models, line)
-    return Runtime(settings, bus, metrics, models, products, CaptureService(db, layout, camera),
-                   inspections, jobs, line, status, camera)
+    captures = CaptureService(db, layout, camera)
+    reviews = ReviewService(db, layout, inspections, products, captures, bus)
+    removal = ProductRemoval(db, products, captures, inspections, jobs, bus)
+    return Runtime(settings, bus, metrics, models, products, captures, inspections, jobs, line,
+                   status, camera, reviews, removal)

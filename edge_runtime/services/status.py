@@ -17,8 +17,8 @@ from edge_runtime.services.models import ModelRegistry
 from edge_runtime.services.products import ProductService
 from edge_runtime.settings import Settings
 
-JOB_KEYS = ("id", "product_id", "status", "phase", "epoch", "epochs", "step", "steps", "loss",
-            "eta_seconds", "cancel_requested")
+JOB_KEYS = ("id", "product_id", "status", "phase", "percent", "epoch", "epochs", "step",
+            "steps", "loss", "eta_seconds", "cancel_requested")
 
 
 class StatusService:

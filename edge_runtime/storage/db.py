@@ -9,12 +9,14 @@ reads; synchronous=FULL so a committed row survives power loss.
 
 from __future__ import annotations
 
+import contextlib
 import sqlite3
 from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
 
-SCHEMA_VERSION = 2  # 2: model_versions dropped (models/CURRENT is the truth)
+SCHEMA_VERSION = 3  # 2: model_versions dropped (models/CURRENT is the truth)
+# 3: capture names, review labels, kept maps, job percent/result, names unique in any case
 SCHEMA = """
 CREATE TABLE IF NOT EXISTS products (
     id INTEGER PRIMARY KEY AUTOINCREMENT,
@@ -32,7 +34,8 @@ CREATE TABLE IF NOT EXISTS captures (
     width INTEGER NOT NULL,
     height INTEGER NOT NULL,
     bytes INTEGER NOT NULL,
-    created_at REAL NOT NULL
+    created_at REAL NOT NULL,
+    name TEXT NOT NULL DEFAULT ''    -- the uploaded file name, shown only (never a path)
 );
 CREATE INDEX IF NOT EXISTS captures_product ON captures(product_id);
 CREATE TABLE IF NOT EXISTS jobs (
@@ -53,7 +56,9 @@ CREATE TABLE IF NOT EXISTS jobs (
     pid INTEGER,
     created_at REAL NOT NULL,
     started_at REAL,
-    finished_at REAL
+    finished_at REAL,
+    percent REAL NOT NULL DEFAULT 0,
+    result TEXT                      -- JSON: what changed (version, thresholds)
 );
 DROP TABLE IF EXISTS model_versions;
 CREATE TABLE IF NOT EXISTS inspections (
@@ -65,9 +70,33 @@ CREATE TABLE IF NOT EXISTS inspections (
     latency_ms REAL NOT NULL,
     model_version TEXT NOT NULL,
     source TEXT NOT NULL,
-    created_at REAL NOT NULL
+    created_at REAL NOT NULL,
+    label TEXT,                      -- operator review: fine | defective
+    map_file TEXT                    -- map kept on disk (rejects, reviewed parts)
 );
+CREATE INDEX IF NOT EXISTS inspections_product ON inspections(product_id, id);
 """
+# columns added after version 2: (table, column, declaration) added where missing
+ADDED_COLUMNS = [
+    ("captures", "name", "TEXT NOT NULL DEFAULT ''"),
+    ("jobs", "percent", "REAL NOT NULL DEFAULT 0"),
+    ("jobs", "result", "TEXT"),
+    ("inspections", "label", "TEXT"),
+    ("inspections", "map_file", "TEXT"),
+]
+# product names are unique whatever their case ("Bottle" is "bottle")
+NAME_INDEX = ("CREATE UNIQUE INDEX IF NOT EXISTS products_name_nocase "
+              "ON products(name COLLATE NOCASE)")
+
+
+def _migrate(conn: sqlite3.Connection) -> None:
+    for table, column, declaration in ADDED_COLUMNS:
+        have = {row[1] for row in conn.execute(f"PRAGMA table_info({table})")}
+        if column not in have:
+            conn.execute(f"ALTER TABLE {table} ADD COLUMN {column} {declaration}")
+    # older data with both "Bottle" and "bottle" keeps working; the service checks new names
+    with contextlib.suppress(sqlite3.IntegrityError):
+        conn.execute(NAME_INDEX)
 
 
 class Database:
@@ -81,7 +110,11 @@ class Database:
             if version > SCHEMA_VERSION:
                 raise RuntimeError(f"{self.path}: schema version {version} is newer than "
                                    f"this edge-runtime ({SCHEMA_VERSION})")
-            conn.executescript(f"BEGIN;{SCHEMA}PRAGMA user_version={SCHEMA_VERSION};COMMIT;")
+            conn.executescript(f"BEGIN;{SCHEMA}COMMIT;")
+            conn.execute("BEGIN IMMEDIATE")
+            _migrate(conn)
+            conn.execute(f"PRAGMA user_version={SCHEMA_VERSION}")
+            conn.execute("COMMIT")
         finally:
             conn.close()
 

@@ -30,7 +30,9 @@ def get_product(conn: sqlite3.Connection, product_id: int) -> Row | None:
 
 
 def find_product(conn: sqlite3.Connection, name: str) -> Row | None:
-    return _row(conn.execute("SELECT * FROM products WHERE name = ?", (name,)).fetchone())
+    """Names are unique whatever their case: "Bottle" finds "bottle"."""
+    return _row(conn.execute("SELECT * FROM products WHERE name = ? COLLATE NOCASE",
+                             (name,)).fetchone())
 
 
 def list_products(conn: sqlite3.Connection) -> list[Row]:
@@ -46,11 +48,11 @@ def set_threshold_override(conn, product_id: int, image: float | None, pixel: fl
 
 # ---- captures ----------------------------------------------------------------------------
 def add_capture(conn, product_id: int, file: str, source: str, width: int, height: int,
-                size: int) -> Row:
+                size: int, name: str = "") -> Row:
     cur = conn.execute(
-        "INSERT INTO captures (product_id, file, source, width, height, bytes, created_at) "
-        "VALUES (?, ?, ?, ?, ?, ?, ?)",
-        (product_id, file, source, width, height, size, time.time()),
+        "INSERT INTO captures (product_id, file, source, width, height, bytes, created_at, "
+        "name) VALUES (?, ?, ?, ?, ?, ?, ?, ?)",
+        (product_id, file, source, width, height, size, time.time(), name),
     )
     return _row(conn.execute("SELECT * FROM captures WHERE id = ?", (cur.lastrowid,)).fetchone())
 
@@ -126,3 +128,81 @@ def prune_inspections(conn, keep: int) -> int:
 def get_inspection(conn, inspection_id: int) -> Row | None:
     return _row(conn.execute("SELECT * FROM inspections WHERE id = ?",
                              (inspection_id,)).fetchone())
+
+
+# ---- the operator's page: deletion, capture files, inspection history, reviews -----------
+def delete_product(conn, product_id: int) -> None:
+    """The product and every row that refers to it."""
+    for table in ("inspections", "captures", "jobs"):
+        conn.execute(f"DELETE FROM {table} WHERE product_id = ?", (product_id,))
+    conn.execute("DELETE FROM products WHERE id = ?", (product_id,))
+
+
+def get_capture(conn, capture_id: int) -> Row | None:
+    return _row(conn.execute("SELECT * FROM captures WHERE id = ?", (capture_id,)).fetchone())
+
+
+def delete_capture(conn, capture_id: int) -> None:
+    conn.execute("DELETE FROM captures WHERE id = ?", (capture_id,))
+
+
+INSPECTION_COLUMNS = ("i.id, i.product_id, p.name AS product, i.score, i.verdict, i.threshold, "
+                      "i.latency_ms, i.model_version, i.source, i.created_at, i.label, "
+                      "i.map_file IS NOT NULL AS map_kept")
+
+
+def list_inspections(conn, product_id: int | None = None, verdict: str | None = None,
+                     label: str | None = None, since: float | None = None,
+                     until: float | None = None, limit: int = 50,
+                     offset: int = 0) -> tuple[list[Row], int]:
+    """Newest first, filtered; and how many match in all (for paging)."""
+    where, args = [], []
+    for clause, value in (("i.product_id = ?", product_id), ("i.verdict = ?", verdict),
+                          ("i.label = ?", label), ("i.created_at >= ?", since),
+                          ("i.created_at < ?", until)):
+        if value is not None:
+            where.append(clause)
+            args.append(value)
+    sql_where = f"WHERE {' AND '.join(where)}" if where else ""
+    total = conn.execute(f"SELECT COUNT(*) FROM inspections i {sql_where}", args).fetchone()[0]
+    rows = conn.execute(
+        f"SELECT {INSPECTION_COLUMNS} FROM inspections i JOIN products p ON p.id = i.product_id "
+        f"{sql_where} ORDER BY i.id DESC LIMIT ? OFFSET ?", (*args, limit, offset))
+    return [dict(r) for r in rows], int(total)
+
+
+def inspection_counts(conn, since: float) -> list[Row]:
+    """Per product: passes and rejects in all, and in the window since ``since``."""
+    return [dict(r) for r in conn.execute(
+        "SELECT p.id AS product_id, p.name AS product, "
+        "COALESCE(SUM(i.verdict = 'pass'), 0) AS pass, "
+        "COALESCE(SUM(i.verdict = 'reject'), 0) AS reject, "
+        "COALESCE(SUM(i.verdict = 'pass' AND i.created_at >= ?), 0) AS pass_recent, "
+        "COALESCE(SUM(i.verdict = 'reject' AND i.created_at >= ?), 0) AS reject_recent "
+        "FROM products p LEFT JOIN inspections i ON i.product_id = p.id "
+        "GROUP BY p.id ORDER BY p.id", (since, since))]
+
+
+def set_inspection_label(conn, inspection_id: int, label: str) -> None:
+    conn.execute("UPDATE inspections SET label = ? WHERE id = ?", (label, inspection_id))
+
+
+def set_inspection_map_file(conn, inspection_id: int, file: str | None) -> None:
+    conn.execute("UPDATE inspections SET map_file = ? WHERE id = ?", (file, inspection_id))
+
+
+def kept_map_files(conn) -> list[Row]:
+    """Inspections whose map is kept on disk, oldest first (the first to go)."""
+    return [dict(r) for r in conn.execute(
+        "SELECT id, map_file, label FROM inspections WHERE map_file IS NOT NULL ORDER BY id")]
+
+
+def product_map_files(conn, product_id: int) -> list[str]:
+    return [r[0] for r in conn.execute(
+        "SELECT map_file FROM inspections WHERE product_id = ? AND map_file IS NOT NULL",
+        (product_id,))]
+
+
+def list_jobs(conn, limit: int = 20, offset: int = 0) -> list[Row]:
+    return [dict(r) for r in conn.execute(
+        "SELECT * FROM jobs ORDER BY id DESC LIMIT ? OFFSET ?", (limit, offset))]

@@ -17,7 +17,7 @@ import signal
 import sys
 import time
 import traceback
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 
 from edge_runtime.data_layout import DataLayout
@@ -34,8 +34,20 @@ def set_parent_death_signal() -> None:
         ctypes.CDLL("libc.so.6", use_errno=True).prctl(1, signal.SIGKILL)  # PR_SET_PDEATHSIG
 
 
+# where each phase starts on the job's 0-100 % bar (training is the bulk of the time)
+PHASE_PERCENT = {"loading": 0.0, "features": 3.0, "training": 25.0, "saving": 85.0,
+                 "calibrating": 90.0, "promoting": 98.0}
+SAVE_SECONDS = 3.0  # ONNX export + checksums of a model directory, measured on 2 cores
+CALIBRATION_COST = 1.5  # merged graph per image vs trunk per image (both in ORT)
+
+
 class JobReporter:
-    """Throttled progress writes; cancellation and parent death as should_stop."""
+    """Progress of one job: phase, percent and an ETA from measured rates.
+
+    The ETA counts what is left of every phase: the remaining training steps at the rate
+    measured after the first step (which carries the warm-up that made the old ETA start
+    10x too high), plus saving and calibration, estimated from the measured per-image cost
+    of the features. Cancellation and parent death arrive as should_stop."""
 
     def __init__(self, db: Database, job_id: int, parent: int) -> None:
         self.db, self.job_id, self.parent = db, job_id, parent
@@ -43,6 +55,10 @@ class JobReporter:
         self._last_write = 0.0
         self._last_check = 0.0
         self._stop = False
+        self._phase_started = self.started
+        self._per_image: float | None = None  # trunk seconds per image, from features
+        self._calibration_images = 0
+        self._first_step: tuple[int, float] | None = None
 
     def update(self, force: bool = False, **values) -> None:
         now = time.monotonic()
@@ -52,15 +68,53 @@ class JobReporter:
                 repo.update_job(conn, self.job_id, only_if_active=True, **values)
 
     def phase(self, name: str) -> None:
-        self.update(force=True, phase=name)
+        now = time.monotonic()
+        print(f"{time.strftime('%H:%M:%S')} job {self.job_id}: {name} "
+              f"({now - self.started:.1f} s)", flush=True)
+        self._phase_started = now
+        values: dict = {"phase": name, "percent": PHASE_PERCENT.get(name, 0.0)}
+        if name in ("saving", "calibrating"):
+            values["eta_seconds"] = self._tail_seconds(name)
+        self.update(force=True, **values)
+
+    def plan(self, images: int, calibration_images: int) -> None:
+        """What the job will process: its images, and all held-out images calibrated."""
+        self._calibration_images = calibration_images
+        print(f"job {self.job_id}: {images} images, {calibration_images} calibration images",
+              flush=True)
+
+    def _tail_seconds(self, phase: str = "training") -> float | None:
+        if self._per_image is None:
+            return None
+        calibrate = self._per_image * CALIBRATION_COST * self._calibration_images
+        return calibrate + (SAVE_SECONDS if phase in ("training", "saving") else 0.0)
+
+    def features(self, done: int, total: int) -> None:
+        elapsed = time.monotonic() - self._phase_started
+        self._per_image = elapsed / max(done, 1)
+        span = PHASE_PERCENT["training"] - PHASE_PERCENT["features"]
+        self.update(force=done == total, phase="features",
+                    percent=PHASE_PERCENT["features"] + span * done / max(total, 1),
+                    eta_seconds=None if done < total else self._tail_seconds())
 
     def progress(self, p) -> None:
         done = (p.epoch - 1) * p.steps + p.step
-        total = p.epochs * p.steps
-        elapsed = time.monotonic() - self.started
-        eta = elapsed / done * (total - done) if done else None
+        total = max(p.epochs * p.steps, 1)
+        now = time.monotonic()
+        if self._first_step is None:
+            self._first_step = (done, now)
+        first_done, first_time = self._first_step
+        eta = None
+        if done > first_done:
+            step_seconds = (now - first_time) / (done - first_done)
+            eta = step_seconds * (total - done) + (self._tail_seconds() or 0.0)
+        span = PHASE_PERCENT["saving"] - PHASE_PERCENT["training"]
         self.update(force=p.val_loss is not None, phase="training", epoch=p.epoch,
-                    epochs=p.epochs, step=p.step, steps=p.steps, loss=p.loss, eta_seconds=eta)
+                    epochs=p.epochs, step=p.step, steps=p.steps, loss=p.loss, eta_seconds=eta,
+                    percent=round(PHASE_PERCENT["training"] + span * done / total, 2))
+        if p.val_loss is not None:
+            print(f"job {self.job_id}: epoch {p.epoch}/{p.epochs} loss {p.loss:.5g} "
+                  f"val {p.val_loss:.5g}", flush=True)
 
     def should_stop(self) -> bool:
         now = time.monotonic()
@@ -84,6 +138,7 @@ class JobInput:
     earlier: dict[str, list[Path]]  # products the live model knows -> their captures
     current: str | None  # the live version the student continues from
     epochs: int
+    forget: list[str] = field(default_factory=list)  # deleted products the model still knows
 
 
 def load_job(db: Database, layout: DataLayout, job_id: int, settings: Settings) -> JobInput:
@@ -99,11 +154,13 @@ def load_job(db: Database, layout: DataLayout, job_id: int, settings: Settings) 
     params = json.loads(job["params"])
     current = md.current_version(layout.models)
     known = md.read_manifest(layout.models / current).thresholds if current else {}
-    earlier = {name: spread(captures.get(names.get(name), []), cfg.max_images)
-               for name in known if name != product["name"]}
+    # a product deleted since the live model learned it is dropped (not in ``names``)
+    earlier = {name: spread(captures[names[name]], cfg.max_images)
+               for name in known if name != product["name"] and name in names}
+    forget = sorted(name for name in known if name not in names)
     images = spread(captures[product["id"]], params.get("max_images", cfg.max_images))
     return JobInput(job_id, product["name"], images, earlier, current,
-                    params.get("epochs", cfg.epochs))
+                    params.get("epochs", cfg.epochs), forget)
 
 
 def train(job: JobInput, settings: Settings, layout: DataLayout, reporter: JobReporter):
@@ -116,7 +173,7 @@ def train(job: JobInput, settings: Settings, layout: DataLayout, reporter: JobRe
     from edge_runtime.training.bundle import ModelBundle
     from edge_runtime.training.continual import ContinualTrainer
     from edge_runtime.training.loop import TrainConfig
-    from edge_runtime.training.recipe import Hooks, learn_product
+    from edge_runtime.training.recipe import Hooks, heldout_images, learn_product
 
     cfg = settings.training
     torch.set_num_threads(cfg.threads)
@@ -128,12 +185,17 @@ def train(job: JobInput, settings: Settings, layout: DataLayout, reporter: JobRe
         bundle.load_student(previous)
     trainer = ContinualTrainer(bundle, "replay", cfg.codec, layout.replay, cfg.replay_samples,
                                TrainConfig(epochs=job.epochs, seed=cfg.seed))
+    for name in job.forget:  # deleted products: no longer rehearsed
+        if trainer.store is not None:
+            trainer.store.remove(name)
+    held = sum(len(heldout_images(paths, trainer.config)) for paths in job.earlier.values())
+    reporter.plan(len(job.images), held + len(heldout_images(job.images, trainer.config)))
     macs = inference_macs(bundle.spec, bundle.trunk, bundle.teacher, bundle.student)
     return learn_product(
         trainer, job.product, job.images, layout.models / f"v{job.job_id:06d}", job.earlier,
         training_info={"job": job.job_id, "macs": macs, "codec": cfg.codec},
-        hooks=Hooks(phase=reporter.phase, progress=reporter.progress,
-                    should_stop=reporter.should_stop))
+        hooks=Hooks(phase=reporter.phase, features=reporter.features,
+                    progress=reporter.progress, should_stop=reporter.should_stop))
 
 
 def run(job_id: int, settings: Settings, parent: int) -> int:
@@ -150,10 +212,9 @@ def run(job_id: int, settings: Settings, parent: int) -> int:
             repo.update_job(conn, job_id, only_if_active=True, status="cancelled",
                             finished_at=time.time(), phase="cancelled")
         return 0
-    with db.connect() as conn:
-        repo.update_job(conn, job_id, only_if_active=True, status="succeeded",
-                        version=learned.directory.name, finished_at=time.time(),
-                        phase="done", eta_seconds=0.0)
+    # still "running": the API process marks it succeeded once the version serves
+    reporter.phase("promoting")
+    reporter.update(force=True, version=learned.directory.name, eta_seconds=0.5)
     return 0
 
 

@@ -15,7 +15,7 @@ from edge_runtime.api.deps import InspectionId, InspectionsDep, Mutating, Produc
 from edge_runtime.api.schemas import InspectionOut
 from edge_runtime.api.uploads import read_upload
 from edge_runtime.inference.overlay import map_png16 as encode_png16
-from edge_runtime.inference.overlay import overlay_png
+from edge_runtime.inference.overlay import verdict_overlay_png
 
 router = APIRouter(tags=["inspections"])
 PNG = {200: {"content": {"image/png": {}}}}
@@ -43,10 +43,13 @@ def get_inspection(inspection_id: InspectionId, inspections: InspectionsDep) -> 
 
 @router.get("/inspections/{inspection_id}/map.png", response_class=Response, responses=PNG)
 def map_png(inspection_id: InspectionId, inspections: InspectionsDep) -> Response:
+    """The part with its map on the verdict's colour scale and a legend (score, threshold,
+    verdict); red only where a pixel alone exceeds the threshold that decided."""
     recent = inspections.recent_map(inspection_id)
-    png = overlay_png(recent.rgb, recent.anomaly_map.astype(np.float32),
-                      2 * recent.thresholds.pixel)
-    return Response(png, media_type="image/png")
+    png = verdict_overlay_png(recent.rgb, recent.anomaly_map.astype(np.float32),
+                              recent.thresholds.image, recent.score, recent.verdict)
+    return Response(png, media_type="image/png",
+                    headers={"Cache-Control": "private, max-age=3600"})
 
 
 @router.get("/inspections/{inspection_id}/map16.png", response_class=Response, responses=PNG)

@@ -54,8 +54,10 @@ async def add_captures(
 ) -> CapturesOut:
     limit = int(settings.api.max_upload_mb * 2**20)
     uploads = [await read_upload(f, limit) for f in files or []]
+    names = [f.filename or "" for f in files or []]
     # decoding, camera frames and fsyncs stay off the event loop
-    return CapturesOut(**await run_in_threadpool(captures.add, product, uploads, camera_frames))
+    return CapturesOut(**await run_in_threadpool(captures.add, product, uploads, camera_frames,
+                                                 names))
 
 
 @router.get("/{product_id}/captures", response_model=CapturesOut)
