@@ -6,12 +6,17 @@ from __future__ import annotations
 import ipaddress
 import json
 import os
-import tomllib
+import sys
 from dataclasses import asdict, dataclass, field, fields, replace
 from pathlib import Path
 from typing import Any
 
 from edge_runtime.data_layout import DataLayout
+
+if sys.version_info >= (3, 11):
+    import tomllib
+else:  # Python 3.10 (Jetson, JetPack 6): the same parser from PyPI
+    import tomli as tomllib
 
 ENV_PREFIX = "EDGE_RUNTIME_"
 WEIGHTS_ENV = "EDGE_RUNTIME_WEIGHTS_DIR"  # read by model/weights.py, the one resolution path
