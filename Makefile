@@ -27,11 +27,15 @@ $(BIN)/.stamp: pyproject.toml Makefile $(CONSTRAINTS) deploy/install_torch.sh
 
 venv: $(BIN)/.stamp
 
-# The firmware test builds the reference firmware with avr-gcc (Debian: gcc-avr, avr-libc).
+# The firmware test builds the reference firmware with avr-gcc (Debian: gcc-avr, avr-libc);
+# the camera tests run a real GStreamer pipeline (gstreamer1.0-tools, -plugins-base).
+TOOL_PACKAGES = gcc-avr avr-libc gstreamer1.0-tools gstreamer1.0-plugins-base
 toolchain:
-	@command -v avr-gcc >/dev/null || { \
-	  if [ "$$(id -u)" = 0 ]; then apt-get update -qq && apt-get install -y -qq gcc-avr avr-libc; \
-	  else echo "install the AVR toolchain: sudo apt-get install gcc-avr avr-libc"; exit 1; fi; }
+	@{ command -v avr-gcc && command -v gst-launch-1.0 && gst-inspect-1.0 videotestsrc; } \
+	  >/dev/null 2>&1 || { \
+	  if [ "$$(id -u)" = 0 ]; then apt-get update -qq && \
+	    apt-get install -y -qq --no-install-recommends $(TOOL_PACKAGES); \
+	  else echo "install the tools: sudo apt-get install $(TOOL_PACKAGES)"; exit 1; fi; }
 
 test: venv toolchain
 	$(BIN)/ruff check edge_runtime firmware_bridge benchmarks tests deploy

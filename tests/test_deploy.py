@@ -117,7 +117,7 @@ def _pyproject() -> dict:
 def test_lock_pins_every_runtime_dependency_and_torch_in_one_place():
     pins, project = _lock(), _pyproject()["project"]
     extras = project["optional-dependencies"]
-    runtime = project["dependencies"] + extras["cpu"] + extras["train"]
+    runtime = project["dependencies"] + extras["cpu"] + extras["train"] + extras["v4l2"]
     assert {_normal(d) for d in runtime} | {"torch", "mcunet"} <= set(pins)
     assert pins["torch"].endswith("+cpu")  # PyPI's build of that version pulls CUDA
     tracked = subprocess.run(["git", "ls-files"], cwd=REPO, check=True, capture_output=True,
