@@ -150,10 +150,13 @@ def venv_report(root: Path, venv: str) -> dict:
 
 def train_on_host(python: str, data: Path, weights: Path, out: Path) -> None:
     env = dict(os.environ, OMP_NUM_THREADS="1")
-    run(["nice", "-n", "10", python, "-m", "edge_runtime.cli", "fit", "--data", str(data),
+    done = subprocess.run(
+        ["nice", "-n", "10", python, "-m", "edge_runtime.cli", "fit", "--data", str(data),
          "--category", CATEGORY, "--out", str(out), "--epochs", "1", "--max-images", "16",
          "--threads", "1", "--weights-dir", str(weights)], env=env, cwd=REPO,
-        stdout=subprocess.DEVNULL)
+        capture_output=True, text=True)  # progress bars stay out of the check's output
+    if done.returncode:
+        sys.exit(f"training on the host failed:\n{done.stderr[-2000:]}")
 
 
 def host_scores(python: str, model: Path, data: Path) -> dict[str, float]:
@@ -294,6 +297,7 @@ def check(args: argparse.Namespace) -> int:
               f"{result['request_seconds']:.2f} s, map {result['map_png_bytes']} B")
     inspect_ok = (board["arch"] == "aarch64" and not board["torch_installed"]
                   and not board["cuda_wheels"] and status["torch_imported"] is False
+                  and status["platform"]["machine"] == "aarch64"
                   and all(r["map_is_png"] for r in results.values()) and diff < 1e-3)
     print(f"\n{'step':70s} seconds")
     for s in steps:

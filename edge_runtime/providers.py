@@ -53,12 +53,3 @@ def check_providers(requested: Sequence[str], available: Sequence[str] | None = 
         raise ProviderError(f"{KEY}: {', '.join(missing)} not available in this onnxruntime; "
                             f"available: {', '.join(available)}{hint}")
     return names
-
-
-def parse_providers(value: str | Sequence[str]) -> tuple[str, ...]:
-    """A TOML list, or a comma-separated string from the environment."""
-    if isinstance(value, str):
-        return tuple(part.strip() for part in value.split(",") if part.strip())
-    if not all(isinstance(item, str) for item in value):
-        raise ProviderError(f"{KEY}: expected a list of provider names, got {value!r}")
-    return tuple(value)

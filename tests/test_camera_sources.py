@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import io
 import shlex
+import shutil
 import sys
 import time
 from pathlib import Path
@@ -14,8 +15,7 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from edge_runtime.camera import CameraError
-from edge_runtime.cameras_v4l2 import GStreamerCamera, V4L2Camera, rgb_from_frame
+from edge_runtime.camera import CameraError, GStreamerCamera, V4L2Camera, rgb_from_frame
 
 FRAMES = Path(__file__).parent / "data" / "frames"
 
@@ -60,7 +60,7 @@ def test_bad_frames_raise_camera_error():
         rgb_from_frame(b"\0" * 100, "YUYV", 96, 72)
     with pytest.raises(CameraError, match="not supported"):
         rgb_from_frame(b"\0" * 100, "NV12", 8, 8)
-    with pytest.raises(CameraError, match="corrupt MJPG"):
+    with pytest.raises(CameraError, match="corrupt MJPG frame"):
         rgb_from_frame(b"not a jpeg", "MJPG", 8, 8)
 
 
@@ -109,3 +109,44 @@ def test_broken_pipeline_and_missing_device_are_camera_errors():
     quiet.close()
     with pytest.raises(CameraError, match="cannot open /dev/video-edge-runtime-missing"):
         V4L2Camera("/dev/video-edge-runtime-missing").capture_array()
+
+
+def test_a_camera_array_is_inspected_exactly_like_the_encoded_image(bottle_model, data_root):
+    """The array path (picamera2, v4l2, gstreamer) skips the encode/decode round trip and
+    still gives the upload path's score: same resize, same pixels."""
+    from edge_runtime.inference import model_dir as md
+    from edge_runtime.inference.inferencer import AnomalyInferencer
+
+    inferencer = AnomalyInferencer(bottle_model / md.MERGED, 256, threads=1)
+    path = data_root / "bottle" / "test" / "broken_large" / "000.png"
+    frame = np.asarray(Image.open(path).convert("RGB").resize((640, 480)))  # a camera's size
+    buffer = io.BytesIO()
+    Image.fromarray(frame).save(buffer, format="PNG")
+    assert inferencer.predict(frame).score == inferencer.predict(buffer.getvalue()).score
+    assert inferencer.load(frame).shape == (256, 256, 3)
+
+
+def test_daemon_takes_captures_from_a_gstreamer_camera(tmp_path, bottle_model):
+    from edge_runtime.daemon_process import Daemon
+
+    data = tmp_path / "data"
+    shutil.copytree(bottle_model, data / "models" / "v000001")
+    (data / "models" / "CURRENT").write_text("v000001")
+    daemon = Daemon(data, env={
+        "EDGE_RUNTIME_CAMERA_KIND": "gstreamer", "EDGE_RUNTIME_CAMERA_WIDTH": "64",
+        "EDGE_RUNTIME_CAMERA_HEIGHT": "48",
+        "EDGE_RUNTIME_CAMERA_PIPELINE": "videotestsrc is-live=true pattern=blue ! "
+                                        "video/x-raw,width=64,height=48,framerate=30/1"})
+    daemon.start(timeout=60)
+    try:
+        product = daemon.client.post("/products", json={"name": "bottle"}).json()
+        stored = daemon.client.post(f"/products/{product['id']}/captures",
+                                    params={"camera_frames": 2})
+        status = daemon.client.get("/status").json()
+    finally:
+        daemon.stop()
+    assert stored.status_code == 201, stored.text
+    assert stored.json()["count"] == 2
+    assert status["camera"] == {"kind": "gstreamer", "error": None}
+    assert status["providers"] == ["CPUExecutionProvider"]  # what ORT runs, from the setting
+    assert status["platform"]["machine"] and status["torch_imported"] is False

@@ -2,6 +2,10 @@
 
 from __future__ import annotations
 
+import os
+import subprocess
+import sys
+
 import onnxruntime as ort
 import pytest
 
@@ -9,8 +13,8 @@ from edge_runtime.providers import (
     ProviderError,
     check_providers,
     installed_ort_distributions,
-    parse_providers,
 )
+from edge_runtime.settings import SettingsError, load_settings
 
 
 def test_available_providers_pass_in_order():
@@ -37,9 +41,27 @@ def test_two_onnxruntime_builds_side_by_side_are_refused():
         check_providers(["CPUExecutionProvider"], distributions=["onnxruntime", "onnxruntime-gpu"])
 
 
-def test_parse_from_toml_list_or_environment_string():
-    assert parse_providers("CUDAExecutionProvider, CPUExecutionProvider") == (
-        "CUDAExecutionProvider", "CPUExecutionProvider")
-    assert parse_providers(["CPUExecutionProvider"]) == ("CPUExecutionProvider",)
-    with pytest.raises(ProviderError, match="expected a list"):
-        parse_providers(["CPUExecutionProvider", 3])
+def test_a_bad_provider_stops_the_daemon_at_start_up(tmp_path):
+    wanted = "CUDAExecutionProvider,CPUExecutionProvider"  # a Jetson's, on a CPU-only build
+    env = os.environ | {"EDGE_RUNTIME_MODEL_PROVIDERS": wanted}
+    done = subprocess.run([sys.executable, "-m", "edge_runtime.cli", "serve", "--data-dir",
+                           str(tmp_path), "--port", "1"], env=env, capture_output=True,
+                          text=True, timeout=60)
+    lines = done.stderr.strip().splitlines()
+    assert done.returncode == 2 and len(lines) == 1, done.stderr
+    assert lines[0].startswith("edge-runtime: configuration error: model.providers: "
+                               "CUDAExecutionProvider not available")
+
+
+def test_providers_from_toml_and_environment(tmp_path):
+    config = tmp_path / "config.toml"
+    config.write_text('[model]\nproviders = ["CPUExecutionProvider"]\n')
+    assert load_settings(config, environ={}).model.providers == ("CPUExecutionProvider",)
+    env = {"EDGE_RUNTIME_MODEL_PROVIDERS": " CPUExecutionProvider "}
+    assert load_settings(None, environ=env).model.providers == ("CPUExecutionProvider",)
+    config.write_text("[model]\nproviders = [1]\n")
+    with pytest.raises(SettingsError, match="model.providers: expected a list of names"):
+        load_settings(config, environ={})
+    config.write_text('[model]\nproviders = "TensorrtExecutionProvider"\n')
+    with pytest.raises(SettingsError, match="^model.providers: TensorrtExecutionProvider not"):
+        load_settings(config, environ={})
