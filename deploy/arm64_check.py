@@ -308,6 +308,7 @@ def check(args: argparse.Namespace) -> int:
         "verdicts": {n: r["verdict"] for n, r in results.items()},
         "verdicts_as_expected": all(results[n]["verdict"] == v for n, v in IMAGES.items()),
         "max_score_diff_vs_host": diff, "status_torch_imported": status["torch_imported"],
+        "status_machine": status["platform"]["machine"], "status_providers": status["providers"],
         "torch_installed": board["torch_installed"], "cuda_wheels": board["cuda_wheels"],
         "numpy": board["numpy"], "os_numpy_extension_ok": board["os_numpy_extension_ok"],
         "onnxruntime": board["onnxruntime"], "providers": board["providers"],
