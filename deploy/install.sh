@@ -7,6 +7,17 @@
 #   sudo deploy/install.sh --uninstall --purge   also delete /var/lib/edge-runtime and config
 # Options: --weights DIR   copy the two MCUNet-in3 files from DIR
 #          --no-start      install but do not start; --no-pip  skip Python installs
+#          --torch-source S   where torch comes from (env EDGE_RUNTIME_TORCH_SOURCE):
+#                             cpu (default: PyTorch's CPU index, never a CUDA build),
+#                             an index URL, a wheel path or URL (NVIDIA's Jetson build),
+#                             system (the OS's torch), none (serve only, no training);
+#                             see deploy/install_torch.sh
+#          --ort PKG          onnxruntime (default) or onnxruntime-gpu (Jetson); the other
+#                             one is removed: both in one venv break each other
+#          --ort-index URL    extra index that has PKG (NVIDIA's onnxruntime-gpu for Jetson)
+# Versions come from deploy/constraints.txt (the lock), wheels only: nothing compiles on
+# the board. The venv sees the OS's packages (picamera2, libcamera); when the OS ships numpy
+# 1.x (Raspberry Pi OS bookworm: picamera2's simplejpeg is built against it), numpy stays 1.x.
 # EDGE_RUNTIME_ROOT=/some/dir installs into a staging tree (for tests; no users, no systemd).
 set -euo pipefail
 
@@ -17,11 +28,11 @@ DATA="$ROOT/var/lib/edge-runtime"
 UNIT="$ROOT/etc/systemd/system/edge-runtime.service"
 RULES="$ROOT/etc/udev/rules.d/99-edge-runtime.rules"
 SERVICE_USER=edge-runtime
-TORCH_VERSION=2.13.0
-MCUNET_VERSION=0.1.1.post202206170200
 SRC="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
+CONSTRAINTS="$SRC/deploy/constraints.txt"
 
 uninstall=0 purge=0 start=1 pip=1 weights=""
+torch_source="${EDGE_RUNTIME_TORCH_SOURCE:-cpu}" ort=onnxruntime ort_index=""
 while [ $# -gt 0 ]; do
   case "$1" in
     --uninstall) uninstall=1 ;;
@@ -29,10 +40,18 @@ while [ $# -gt 0 ]; do
     --no-start) start=0 ;;
     --no-pip) pip=0 ;;
     --weights) weights="$2"; shift ;;
+    --torch-source) torch_source="$2"; shift ;;
+    --ort) ort="$2"; shift ;;
+    --ort-index) ort_index="$2"; shift ;;
     *) echo "unknown option $1" >&2; exit 2 ;;
   esac
   shift
 done
+case "$ort" in
+  onnxruntime) ort_extra=cpu other_ort=onnxruntime-gpu ;;
+  onnxruntime-gpu) ort_extra=gpu other_ort=onnxruntime ;;
+  *) echo "--ort must be onnxruntime or onnxruntime-gpu, not $ort" >&2; exit 2 ;;
+esac
 
 live() { [ -z "$ROOT" ]; }  # acting on the real system (not a staging tree)
 say() { echo "edge-runtime install: $*"; }
@@ -83,13 +102,20 @@ install -d -m 0750 "$DATA" "$DATA/weights"
 live && chown -R "$SERVICE_USER:$SERVICE_USER" "$DATA"
 
 if [ "$pip" = 1 ]; then
-  say "virtualenv in $PREFIX/venv"
+  venv="$PREFIX/venv"
+  say "virtualenv in $venv"
   # system site packages: picamera2 and libcamera come from the OS, not PyPI
-  [ -x "$PREFIX/venv/bin/python" ] || python3 -m venv --system-site-packages "$PREFIX/venv"
-  "$PREFIX/venv/bin/pip" install -q --upgrade pip
-  "$PREFIX/venv/bin/pip" install -q "torch==$TORCH_VERSION"   # pinned: never a CUDA build
-  "$PREFIX/venv/bin/pip" install -q --no-deps "mcunet==$MCUNET_VERSION"
-  "$PREFIX/venv/bin/pip" install -q --upgrade "$SRC"
+  [ -x "$venv/bin/python" ] || python3 -m venv --system-site-packages "$venv"
+  "$venv/bin/pip" install -q --upgrade pip
+  "$SRC/deploy/board_constraints.sh" "$venv/bin/python" "$CONSTRAINTS" "$ort" \
+    > "$venv/constraints.txt"
+  "$SRC/deploy/install_torch.sh" "$venv" "$torch_source" "$venv/constraints.txt"
+  extras="$ort_extra"
+  [ "$torch_source" = none ] || extras="$extras,train"
+  "$venv/bin/pip" uninstall -q -y "$other_ort" 2>/dev/null || true
+  say "edge-runtime[$extras] (wheels only, $(basename "$CONSTRAINTS"))"
+  "$venv/bin/pip" install -q --upgrade --only-binary=:all: -c "$venv/constraints.txt" \
+    ${ort_index:+--extra-index-url "$ort_index"} "$SRC[$extras]"
 fi
 install -m 0644 "$SRC/README.md" "$PREFIX/README.md"
 

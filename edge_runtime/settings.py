@@ -6,7 +6,7 @@ from __future__ import annotations
 import ipaddress
 import json
 import os
-import tomllib
+import sys
 from dataclasses import asdict, dataclass, field, fields, replace
 from pathlib import Path
 from typing import Any
@@ -20,12 +20,18 @@ from edge_runtime.events.config import (
     validate_webhook,
 )
 
+if sys.version_info >= (3, 11):
+    import tomllib
+else:  # Python 3.10 (Jetson, JetPack 6): the same parser from PyPI
+    import tomli as tomllib
+
 ENV_PREFIX = "EDGE_RUNTIME_"
 WEIGHTS_ENV = "EDGE_RUNTIME_WEIGHTS_DIR"  # read by model/weights.py, the one resolution path
 # the replay codecs of trunk features (replay/codecs: a test keeps the two lists equal);
 # named here so that validating settings does not import the codecs
 REPLAY_FEATURE_CODECS = ("fp32", "fp16", "uint8_map", "uint8_channel", "pq", "pca")
-CAMERA_KINDS = ("none", "directory", "picamera2")
+CAMERA_KINDS = ("none", "directory", "picamera2", "v4l2", "gstreamer")
+V4L2_PIXEL_FORMATS = ("MJPG", "YUYV", "RGB3", "BGR3", "GREY")
 
 
 class SettingsError(ValueError):
@@ -47,6 +53,10 @@ class ModelSettings:
     # (benchmarks/latency.py), and two inspections then run at once on a 2-core board
     threads: int = 1
     spinning: bool = False
+    # ONNX Runtime execution providers, in order of preference, checked at start-up against
+    # onnxruntime.get_available_providers(); a Jetson with onnxruntime-gpu:
+    # ["TensorrtExecutionProvider", "CUDAExecutionProvider", "CPUExecutionProvider"]
+    providers: tuple[str, ...] = ("CPUExecutionProvider",)
 
 
 @dataclass(frozen=True)
@@ -62,8 +72,13 @@ class TrainingSettings:
 
 @dataclass(frozen=True)
 class CameraSettings:
-    kind: str = "none"  # none | directory | picamera2
+    kind: str = "none"  # none | directory | picamera2 | v4l2 | gstreamer
     directory: str = ""
+    device: str = "/dev/video0"  # v4l2: USB/UVC and other V4L2 cameras
+    width: int = 640  # v4l2 and gstreamer frame size
+    height: int = 480
+    pixel_format: str = "MJPG"  # v4l2: MJPG | YUYV | RGB3 | BGR3 | GREY
+    pipeline: str = ""  # gstreamer: the source part, e.g. "nvarguscamerasrc ! nvvidconv"
 
 
 @dataclass(frozen=True)
@@ -123,6 +138,11 @@ class Settings:
 
 def _coerce(value: Any, target: Any, key: str) -> Any:
     kind = type(target)
+    if kind is tuple:  # a list of names: a TOML array, or "a,b" from the environment
+        items = value.split(",") if isinstance(value, str) else value
+        if not isinstance(items, list | tuple) or not all(isinstance(i, str) for i in items):
+            raise SettingsError(f"{key}: expected a list of names, got {value!r}")
+        return tuple(item.strip() for item in items if item.strip())
     if isinstance(value, str) and kind is not str:
         if kind is bool:
             if value.lower() not in ("1", "0", "true", "false", "yes", "no"):
@@ -187,6 +207,12 @@ def validate(settings: Settings) -> Settings:
          f"camera.kind must be one of {', '.join(CAMERA_KINDS)}"),
         (settings.camera.kind != "directory" or bool(settings.camera.directory),
          "camera.directory is required when camera.kind = directory"),
+        (settings.camera.kind != "gstreamer" or bool(settings.camera.pipeline.strip()),
+         "camera.pipeline is required when camera.kind = gstreamer"),
+        (settings.camera.width > 0 and settings.camera.height > 0,
+         "camera.width and camera.height must be positive"),
+        (settings.camera.pixel_format in V4L2_PIXEL_FORMATS,
+         f"camera.pixel_format must be one of {', '.join(V4L2_PIXEL_FORMATS)}"),
         (settings.serial.failsafe in ("reject", "pass"), "serial.failsafe must be reject or pass"),
         (settings.serial.deadline_ms > 0, "serial.deadline_ms must be positive"),
         (settings.serial.heartbeat_s > 0, "serial.heartbeat_s must be positive"),
@@ -208,6 +234,12 @@ def validate(settings: Settings) -> Settings:
     if settings.mqtt.enabled and settings.mqtt.commands and len(settings.api.token) < 16:
         raise SettingsError("mqtt.commands needs api.token (16+ characters): every command "
                             "must carry it, as every mutating API request does")
+    from edge_runtime.providers import ProviderError, check_providers
+
+    try:
+        check_providers(settings.model.providers)
+    except ProviderError as exc:
+        raise SettingsError(str(exc)) from exc
     return settings
 
 

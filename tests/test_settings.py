@@ -2,11 +2,16 @@
 
 from __future__ import annotations
 
-import tomllib
+import sys
 from dataclasses import fields, is_dataclass, replace
 from pathlib import Path
 
 import pytest
+
+if sys.version_info >= (3, 11):
+    import tomllib
+else:
+    import tomli as tomllib
 
 from edge_runtime.replay.codecs import FEATURE_CODECS
 from edge_runtime.settings import (

@@ -14,7 +14,7 @@ from dataclasses import dataclass
 import numpy as np
 import onnxruntime as ort
 
-from edge_runtime.inference.preprocess import load_rgb, normalise, preprocess
+from edge_runtime.inference.preprocess import fit_rgb, load_rgb, normalise, preprocess
 from edge_runtime.inference.thresholds import Thresholds, calibrate
 
 Image = bytes | str | os.PathLike[str] | np.ndarray  # encoded bytes, a path, or uint8 HxWx3 RGB
@@ -34,12 +34,17 @@ def session_options(threads: int = 0, spinning: bool = False) -> ort.SessionOpti
     return options
 
 
+CPU = ("CPUExecutionProvider",)
+
+
 def open_session(
-    path: str | os.PathLike[str], threads: int = 0, spinning: bool = False
+    path: str | os.PathLike[str], threads: int = 0, spinning: bool = False,
+    providers: Sequence[str] = CPU,
 ) -> ort.InferenceSession:
+    """``providers`` in order of preference (the ``model.providers`` setting, checked at
+    start-up); ORT falls back along the list, CPU last."""
     return ort.InferenceSession(
-        str(path), sess_options=session_options(threads, spinning),
-        providers=["CPUExecutionProvider"],
+        str(path), sess_options=session_options(threads, spinning), providers=list(providers),
     )
 
 
@@ -59,14 +64,15 @@ class AnomalyInferencer:
         image_size: int,
         threads: int = 0,
         spinning: bool = False,
+        providers: Sequence[str] = CPU,
     ) -> None:
         self.image_size = image_size
-        self.session = open_session(graph_path, threads, spinning)
+        self.session = open_session(graph_path, threads, spinning, providers)
 
     def load(self, source: Image) -> np.ndarray:
         """uint8 (S, S, 3) RGB: decoded and resized once (the overlay reuses it)."""
         if isinstance(source, np.ndarray):
-            return source
+            return fit_rgb(source, self.image_size)  # a camera frame: resized, never re-encoded
         return load_rgb(source, self.image_size)
 
     def preprocess(self, rgb: np.ndarray) -> np.ndarray:

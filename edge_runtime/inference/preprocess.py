@@ -59,6 +59,14 @@ def load_rgb(source: bytes | str | os.PathLike[str], size: int) -> np.ndarray:
     return np.asarray(image, dtype=np.uint8)
 
 
+def fit_rgb(rgb: np.ndarray, size: int) -> np.ndarray:
+    """A decoded RGB frame (H, W, 3) at (size, size), resized exactly as load_rgb does."""
+    if rgb.shape == (size, size, 3) and rgb.dtype == np.uint8:
+        return rgb
+    image = Image.fromarray(np.ascontiguousarray(rgb[..., :3], dtype=np.uint8))
+    return np.asarray(image.resize((size, size), Image.BILINEAR), dtype=np.uint8)
+
+
 def normalise(rgb: np.ndarray) -> np.ndarray:
     """uint8 HWC (or NHWC) RGB -> float32 CHW (or NCHW) with ImageNet mean/std."""
     scaled = (rgb.astype(np.float32) / 255.0 - IMAGENET_MEAN) / IMAGENET_STD

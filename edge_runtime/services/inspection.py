@@ -57,7 +57,9 @@ class InspectionService:
         self._recent: collections.OrderedDict[int, RecentMap] = collections.OrderedDict()
         self._keep = keep_recent_maps
 
-    def inspect(self, product: dict, data: bytes, source: str = "upload") -> InspectionRecord:
+    def inspect(self, product: dict, data: bytes | np.ndarray,
+                source: str = "upload") -> InspectionRecord:
+        """``data``: an encoded upload, or a camera's RGB array (never re-encoded)."""
         thresholds = self.products.thresholds(product)  # 409 before decoding anything
         live = self.registry.live  # one reference for the whole request: swaps can't break it
         started = time.perf_counter()

@@ -22,7 +22,8 @@ class LineService:
 
     def on_trigger(self, product_id: int) -> tuple[Verdict, float]:
         product = self.products.get(product_id)  # unknown id: the bridge sends the fail-safe
-        record = self.inspections.inspect(product, self.camera.capture(), source="serial")
+        record = self.inspections.inspect(product, self.camera.capture_array(),
+                                         source="serial")
         return (Verdict.REJECT if record.verdict == REJECT else Verdict.PASS), record.score
 
     def start(self) -> None:

@@ -12,6 +12,7 @@ from __future__ import annotations
 import logging
 import shutil
 import threading
+from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -47,8 +48,10 @@ class VersionInfo:
 
 class ModelRegistry:
     def __init__(self, root: Path, threads: int = 0, spinning: bool = False,
-                 keep_versions: int = 5) -> None:
+                 keep_versions: int = 5,
+                 providers: Sequence[str] = ("CPUExecutionProvider",)) -> None:
         self.keep_versions = keep_versions
+        self.providers = tuple(providers)
         self.root = Path(root)
         self.root.mkdir(parents=True, exist_ok=True)
         self.threads, self.spinning = threads, spinning
@@ -72,7 +75,7 @@ class ModelRegistry:
         directory = self.root / name
         manifest = md.read_manifest(directory, verify=True)
         inferencer = AnomalyInferencer(directory / md.MERGED, manifest.image_size,
-                                       self.threads, self.spinning)
+                                       self.threads, self.spinning, self.providers)
         return LiveModel(name, directory, manifest, inferencer)
 
     def open_last_good(self) -> LiveModel | None:

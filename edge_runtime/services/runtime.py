@@ -45,11 +45,15 @@ def build_runtime(settings: Settings) -> Runtime:
     layout.root.mkdir(parents=True, exist_ok=True)
     db = Database(layout.db)
     bus, metrics = EventBus(), Metrics()
-    models = ModelRegistry(layout.models, settings.model.threads, settings.model.spinning)
+    models = ModelRegistry(layout.models, settings.model.threads, settings.model.spinning,
+                           providers=settings.model.providers)
     jobs = JobManager(settings, db, models, bus)
     jobs.recover()
     models.open_last_good()
-    camera = MonitoredCamera(make_camera(settings.camera.kind, settings.camera.directory))
+    cam = settings.camera
+    camera = MonitoredCamera(make_camera(
+        cam.kind, cam.directory, device=cam.device, width=cam.width, height=cam.height,
+        pixel_format=cam.pixel_format, pipeline=cam.pipeline))
     products = ProductService(db, models)
     maps = MapStore(layout.maps, int(settings.inspection.keep_maps_mb * 2**20))
     inspections = InspectionService(db, models, products, metrics, bus,

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import platform
 import sys
 import time
 
@@ -45,6 +46,9 @@ class StatusService:
             "replay_store": read_accounting(self.settings.layout.replay),
             "camera": {"kind": self.camera.name, "error": self.camera.error},
             "torch_imported": "torch" in sys.modules,  # must stay False: training is a worker's
+            "platform": {"machine": platform.machine(), "python": platform.python_version()},
+            # what ONNX Runtime really runs on (model.providers, minus what it fell back from)
+            "providers": live.inferencer.session.get_providers() if live else None,
         }
         line = self.line.status()
         if line is not None:
