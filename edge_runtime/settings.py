@@ -19,6 +19,8 @@ WEIGHTS_ENV = "EDGE_RUNTIME_WEIGHTS_DIR"  # read by model/weights.py, the one re
 # named here so that validating settings does not import the codecs
 REPLAY_FEATURE_CODECS = ("fp32", "fp16", "uint8_map", "uint8_channel", "pq", "pca")
 CAMERA_KINDS = ("none", "directory", "picamera2")
+HEAD_KINDS = ("padim", "patchcore")  # inference/heads.py KINDS (a test keeps them equal)
+HEAD_COVARIANCES = ("full", "shared", "diagonal")
 
 
 class SettingsError(ValueError):
@@ -75,6 +77,18 @@ class InspectionSettings:
 
 
 @dataclass(frozen=True)
+class HeadSettings:
+    """Memory-bank heads: a product is inspected from its captures before its student is
+    trained (edge_runtime/inference/heads.py; benchmarks/onboarding.py chose padim/full)."""
+
+    enabled: bool = True
+    kind: str = "padim"  # padim | patchcore
+    covariance: str = "full"  # padim: full | shared | diagonal
+    max_bytes: int = 2_000_000  # per product, the head file; the fit narrows to fit
+    auto_fit: bool = True  # fit after captures are stored (else POST /products/{id}/head)
+
+
+@dataclass(frozen=True)
 class Settings:
     data_dir: str = "~/.local/share/edge-runtime"
     api: ApiSettings = field(default_factory=ApiSettings)
@@ -83,6 +97,7 @@ class Settings:
     camera: CameraSettings = field(default_factory=CameraSettings)
     serial: SerialSettings = field(default_factory=SerialSettings)
     inspection: InspectionSettings = field(default_factory=InspectionSettings)
+    heads: HeadSettings = field(default_factory=HeadSettings)
 
     @property
     def data_path(self) -> Path:
@@ -181,6 +196,11 @@ def validate(settings: Settings) -> Settings:
         (settings.serial.heartbeat_s > 0, "serial.heartbeat_s must be positive"),
         (settings.inspection.keep_recent_maps >= 0, "inspection.keep_recent_maps must be >= 0"),
         (settings.inspection.keep_records >= 1000, "inspection.keep_records must be >= 1000"),
+        (settings.heads.kind in HEAD_KINDS,
+         f"heads.kind must be one of {', '.join(HEAD_KINDS)}"),
+        (settings.heads.covariance in HEAD_COVARIANCES,
+         f"heads.covariance must be one of {', '.join(HEAD_COVARIANCES)}"),
+        (settings.heads.max_bytes >= 50_000, "heads.max_bytes must be >= 50000"),
         (settings.is_loopback or len(settings.api.token) >= 16,
          f"api.host is {settings.api.host} (not loopback): set api.token (16+ characters) "
          "so mutating endpoints need a bearer token"),

@@ -193,3 +193,14 @@ def test_padim_moments_average_tasks_like_algorithm_1(bottle):
                                atol=1e-5)
     np.testing.assert_allclose(merged.cov, (first.cov + second.cov + third.cov) / 3, atol=1e-5)
     assert merged.head(0.01, SIZE, 32).maps(bottle["test"][:1])[0].shape == (1, SIZE, SIZE)
+
+
+def test_fitting_batch_by_batch_equals_fitting_at_once(bottle, runner):
+    train = bottle["train"]
+    for covariance in H.COVARIANCES:
+        config = H.HeadConfig(covariance=covariance, dim=16)
+        whole = H.fit_head(train, config, SIZE, runner.grid)
+        parts = H.fit_head_batches(iter([train[:7], train[7:20], train[20:]]), len(train),
+                                   runner.dim, config, SIZE, runner.grid)
+        np.testing.assert_allclose(parts.maps(bottle["test"][:2])[0],
+                                   whole.maps(bottle["test"][:2])[0], rtol=2e-2, atol=1e-3)

@@ -70,6 +70,7 @@ def create_app(settings: Settings, runtime: Runtime | None = None,
         notifier.stopping()
         runtime.line.close()
         runtime.jobs.shutdown()
+        runtime.heads.shutdown()
 
     app = FastAPI(title="edge-runtime", version=edge_runtime.__version__, lifespan=lifespan,
                   description="On-device continual-learning visual anomaly detection")

@@ -24,7 +24,7 @@ import io
 import json
 import os
 import zipfile
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterable, Iterator, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -77,23 +77,28 @@ class FeatureRunner:
         self.image_size = image_size
         self.session = open_session(graph_path, threads, spinning)
         probe = np.zeros((1, 3, image_size, image_size), np.float32)
-        self.grid = self.session.run(["patches"], {"image": probe})[0].shape[2]
+        shape = self.session.run(["patches"], {"image": probe})[0].shape
+        self.dim, self.grid = int(shape[1]), int(shape[2])  # (sum of channels, grid side)
 
     def embed(self, batch: np.ndarray) -> np.ndarray:
         patches = self.session.run(["patches"], {"image": batch})[0]
         count, dim = patches.shape[:2]
         return np.ascontiguousarray(patches.reshape(count, dim, -1).transpose(0, 2, 1))
 
-    def embed_sources(self, sources: Sequence[Source], batch_size: int = 4,
-                      progress: Callable[[int, int], None] | None = None) -> np.ndarray:
-        """Embeddings of every image, one small batch of decoded images in RAM at a time."""
-        chunks = []
+    def embed_batches(self, sources: Sequence[Source], batch_size: int = 4,
+                      progress: Callable[[int, int], None] | None = None
+                      ) -> Iterator[np.ndarray]:
+        """Embeddings, one small batch of decoded images in RAM at a time."""
         for start in range(0, len(sources), batch_size):
             part = sources[start : start + batch_size]
-            chunks.append(self.embed(np.stack([preprocess(s, self.image_size) for s in part])))
+            yield self.embed(np.stack([preprocess(s, self.image_size) for s in part]))
             if progress:
                 progress(min(start + batch_size, len(sources)), len(sources))
-        return np.concatenate(chunks)
+
+    def embed_sources(self, sources: Sequence[Source], batch_size: int = 4,
+                      progress: Callable[[int, int], None] | None = None) -> np.ndarray:
+        """Embeddings of every image (benchmarks and tests: (N, grid*grid, D) in RAM)."""
+        return np.concatenate(list(self.embed_batches(sources, batch_size, progress)))
 
 
 # ---------------------------------------------------------------- heads
@@ -260,16 +265,20 @@ def bank_size(config: HeadConfig, dim_in: int) -> int:
     return int(count)
 
 
-def fit_patchcore(embeddings: np.ndarray, config: HeadConfig, image_size: int,
-                  grid: int) -> Head:
-    """Coreset of the normal patches, chosen from a random subset of candidates."""
-    dim_in = embeddings.shape[-1]
+def fit_patchcore(batches: Iterable[np.ndarray], count: int, config: HeadConfig,
+                  image_size: int, grid: int, dim_in: int) -> Head:
+    """Coreset of the normal patches, chosen from a random subset of candidates (drawn
+    batch by batch, so RAM holds the candidates, never every patch of every capture)."""
     proj = projection(dim_in, config.dim, config.seed)
-    flat = embeddings.reshape(-1, dim_in)
     rng = np.random.default_rng(config.seed)
-    if len(flat) > config.candidates:
-        flat = flat[rng.choice(len(flat), config.candidates, replace=False)]
-    candidates = flat @ proj
+    parts = []
+    for batch in batches:
+        flat = batch.reshape(-1, dim_in)
+        quota = -(-config.candidates * len(batch) // count)  # ceil
+        if len(flat) > quota:
+            flat = flat[rng.choice(len(flat), quota, replace=False)]
+        parts.append(flat @ proj)
+    candidates = np.concatenate(parts)
     chosen = greedy_k_center(candidates, bank_size(config, dim_in), config.seed)
     arrays = {"projection": proj.astype(np.float16),
               "bank": candidates[np.sort(chosen)].astype(np.float16)}
@@ -311,18 +320,36 @@ class PadimMoments:
 
     @classmethod
     def of(cls, embeddings: np.ndarray, proj: np.ndarray, covariance: str) -> PadimMoments:
-        x = embeddings @ proj
-        mean = x.mean(axis=0)
-        centred = x - mean[None]
-        denominator = max(len(x) - 1, 1)
+        return cls.of_batches([embeddings], proj, covariance)
+
+    @classmethod
+    def of_batches(cls, batches: Iterable[np.ndarray], proj: np.ndarray,
+                   covariance: str) -> PadimMoments:
+        """Sums of x and x x^T in float64, batch by batch: RAM does not grow with the
+        number of captures."""
+        count, first, second = 0, 0.0, 0.0
+        for batch in batches:
+            x = (batch @ proj).astype(np.float64)
+            count += len(x)
+            first = first + x.sum(axis=0)
+            if covariance == "shared":
+                flat = x.reshape(-1, x.shape[-1])
+                second = second + flat.T @ flat
+            elif covariance == "diagonal":
+                second = second + (x * x).sum(axis=0)
+            else:
+                second = second + np.einsum("npd,npe->pde", x, x, optimize=True)
+        if not count:
+            raise HeadError("a head needs at least one image")
+        mean = first / count
         if covariance == "shared":
-            flat = centred.reshape(-1, centred.shape[-1])
-            cov = flat.T @ flat / max(len(flat) - 1, 1)
+            positions = mean.shape[0]
+            cov = (second - count * mean.T @ mean) / max(count * positions - 1, 1)
         elif covariance == "diagonal":
-            cov = (centred ** 2).sum(axis=0) / denominator
+            cov = (second - count * mean * mean) / max(count - 1, 1)
         else:
-            cov = np.einsum("npd,npe->pde", centred, centred, optimize=True) / denominator
-        return cls(proj, mean, cov, covariance)
+            cov = (second - count * np.einsum("pd,pe->pde", mean, mean)) / max(count - 1, 1)
+        return cls(proj, mean.astype(np.float32), cov.astype(np.float32), covariance)
 
     def average(self, other: PadimMoments, tasks_so_far: int) -> PadimMoments:
         """M <- M * i/(i+1) + M_i/(i+1), the same for the covariance (i tasks so far)."""
@@ -344,19 +371,27 @@ class PadimMoments:
                                                          "dim": dim})
 
 
-def fit_padim(embeddings: np.ndarray, config: HeadConfig, image_size: int, grid: int) -> Head:
+def fit_padim(batches: Iterable[np.ndarray], count: int, config: HeadConfig,
+              image_size: int, grid: int, dim_in: int) -> Head:
     """Per-position means, and full / shared / diagonal covariances (+ epsilon I)."""
-    _, positions, dim_in = embeddings.shape
-    proj = projection(dim_in, padim_dim(config, dim_in, positions), config.seed)
-    moments = PadimMoments.of(embeddings, proj, config.covariance)
+    proj = projection(dim_in, padim_dim(config, dim_in, grid * grid), config.seed)
+    moments = PadimMoments.of_batches(batches, proj, config.covariance)
     return moments.head(config.epsilon, image_size, grid)
 
 
 def fit_head(embeddings: np.ndarray, config: HeadConfig, image_size: int, grid: int) -> Head:
     """Fit on (N, grid*grid, D) embeddings of normal images; raises if over budget."""
+    return fit_head_batches([embeddings], len(embeddings), embeddings.shape[-1], config,
+                            image_size, grid)
+
+
+def fit_head_batches(batches: Iterable[np.ndarray], count: int, dim_in: int,
+                     config: HeadConfig, image_size: int, grid: int) -> Head:
+    """Fit on ``count`` images' embeddings arriving in batches (e.g. straight from
+    FeatureRunner.embed_batches), never all in RAM at once; raises if over budget."""
     fit = fit_patchcore if config.kind == "patchcore" else fit_padim
-    head = fit(embeddings, config, image_size, grid)
-    head.meta |= {"images": int(len(embeddings)), "seed": config.seed}
+    head = fit(batches, count, config, image_size, grid, dim_in)
+    head.meta |= {"images": int(count), "seed": config.seed}
     if head.nbytes > config.max_bytes:
         raise HeadError(f"head of {head.nbytes} bytes exceeds max_bytes={config.max_bytes}")
     return head
@@ -383,7 +418,7 @@ class TaskBanks:
         config = HeadConfig(kind="patchcore", dim=self.config.dim, bank_patches=share,
                             max_bytes=2**62, candidates=self.config.candidates,
                             seed=self.config.seed)
-        self.banks.append(fit_patchcore(embeddings, config, self.image_size, self.grid))
+        self.banks.append(fit_head(embeddings, config, self.image_size, self.grid))
 
     @property
     def nbytes(self) -> int:

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import io
 import secrets
+from collections.abc import Callable
 from pathlib import Path
 
 from PIL import Image
@@ -31,8 +32,10 @@ def image_info(data: bytes) -> tuple[str, int, int]:
 
 
 class CaptureService:
-    def __init__(self, db: Database, layout: DataLayout, camera: MonitoredCamera) -> None:
+    def __init__(self, db: Database, layout: DataLayout, camera: MonitoredCamera,
+                 on_stored: Callable[[dict], None] | None = None) -> None:
         self.db, self.layout, self.camera = db, layout, camera
+        self.on_stored = on_stored  # e.g. queue the product's memory-bank head fit
 
     def add(self, product: dict, uploads: list[bytes], camera_frames: int = 0) -> dict:
         """Uploads and camera frames, all validated first, then stored."""
@@ -44,6 +47,8 @@ class CaptureService:
         infos = [image_info(data) for data, _ in blobs]
         stored = [self._store(product["id"], data, source, info)
                   for (data, source), info in zip(blobs, infos, strict=True)]
+        if self.on_stored:
+            self.on_stored(product)
         return {"count": len(stored), "captures": stored}
 
     def _store(self, product_id: int, data: bytes, source: str,

@@ -23,6 +23,7 @@ from pathlib import Path
 
 from edge_runtime.dataset import spread
 from edge_runtime.inference import heads as H
+from edge_runtime.settings import Settings
 
 log = logging.getLogger("edge_runtime.heads")
 
@@ -39,6 +40,13 @@ class HeadOptions:
     image_size: int = 256
     seed: int = 0
     weights_dir: str = ""
+
+    @classmethod
+    def from_settings(cls, settings: Settings) -> HeadOptions:
+        heads, training = settings.heads, settings.training
+        return cls(heads.enabled, heads.kind, heads.covariance, heads.max_bytes,
+                   training.min_captures, training.max_images, settings.model.threads or 1,
+                   seed=training.seed, weights_dir=settings.model.weights_dir)
 
 
 class HeadService:
@@ -118,12 +126,14 @@ class HeadService:
                           error=f"{len(images)} captures; a head needs {options.min_captures}")
                 return self.state(product_id)
             train, held = H.holdout_split(len(images), 0.1, options.seed)
+            fitted = [images[i] for i in train]
             runner = self.runner()
-            embeddings = runner.embed_sources(images)
             config = H.HeadConfig(kind=options.kind, covariance=options.covariance,
                                   max_bytes=options.max_bytes, seed=options.seed)
-            head = H.fit_head(embeddings[train], config, runner.image_size, runner.grid)
-            H.calibrate_head(head, embeddings[held] if len(held) else embeddings[train])
+            head = H.fit_head_batches(runner.embed_batches(fitted), len(fitted), runner.dim,
+                                      config, runner.image_size, runner.grid)
+            normal = [images[i] for i in held] or fitted  # the student's rule, too
+            H.calibrate_head(head, runner.embed_sources(normal))
             head.meta["captures"] = len(images)
             size = head.save(self.head_path(product_id))
             self._publish(product_id, head, size, time.perf_counter() - started)

@@ -7,6 +7,7 @@ from dataclasses import dataclass
 from edge_runtime.camera import MonitoredCamera, make_camera
 from edge_runtime.services.captures import CaptureService
 from edge_runtime.services.events import EventBus
+from edge_runtime.services.heads import HeadOptions, HeadService
 from edge_runtime.services.inspection import InspectionService
 from edge_runtime.services.jobs import JobManager
 from edge_runtime.services.line import LineService
@@ -31,6 +32,7 @@ class Runtime:
     line: LineService
     status: StatusService
     camera: MonitoredCamera
+    heads: HeadService
 
 
 def build_runtime(settings: Settings) -> Runtime:
@@ -45,11 +47,20 @@ def build_runtime(settings: Settings) -> Runtime:
     models.open_last_good()
     camera = MonitoredCamera(make_camera(settings.camera.kind, settings.camera.directory))
     products = ProductService(db, models)
+    heads = HeadService(layout.heads, HeadOptions.from_settings(settings))
+    heads.load_all()
+
+    def fit_head(product: dict) -> None:
+        """Captures stored: refit the head of a product the student does not know yet."""
+        if settings.heads.auto_fit and not products.is_trained(product):
+            heads.request_fit(product["id"], lambda: captures.paths(product["id"]))
+
+    captures = CaptureService(db, layout, camera, on_stored=fit_head)
     inspections = InspectionService(db, models, products, metrics, bus,
                                     settings.inspection.keep_recent_maps,
-                                    settings.inspection.keep_records)
+                                    settings.inspection.keep_records, heads=heads)
     line = LineService(settings.serial, products, camera, inspections)
-    status = StatusService(settings, models, products, jobs, inspections, camera, line)
+    status = StatusService(settings, models, products, jobs, inspections, camera, line, heads)
     metrics.add_state(status.collect)
-    return Runtime(settings, bus, metrics, models, products, CaptureService(db, layout, camera),
-                   inspections, jobs, line, status, camera)
+    return Runtime(settings, bus, metrics, models, products, captures, inspections, jobs, line,
+                   status, camera, heads)
