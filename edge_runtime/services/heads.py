@@ -54,6 +54,7 @@ class HeadService:
         self.root, self.options = Path(root), options
         self.root.mkdir(parents=True, exist_ok=True)
         self._lock = threading.Lock()
+        self._runner_lock = threading.Lock()  # held while the graph is exported: not _lock
         self._heads: dict[int, H.HeadInferencer] = {}
         self._state: dict[int, dict] = {}
         self._queued: dict[int, Future] = {}
@@ -67,7 +68,7 @@ class HeadService:
 
     def runner(self) -> H.FeatureRunner:
         """The features graph in ORT, exported by a child process on first use."""
-        with self._lock:
+        with self._runner_lock:
             if self._runner is None:
                 if not self.graph_path.exists():
                     cmd = [sys.executable, "-m", "edge_runtime.workers.export_features",
