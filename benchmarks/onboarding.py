@@ -11,6 +11,9 @@ head's and the student's maps, each divided by its own pixel threshold. Latency:
 batch 1, median over --repeats, the head through the features graph, the student through
 the merged graph.
 
+``--daemon`` measures only that clock, through a real daemon (HTTP uploads, the head fitted by
+the API process, then /inspect until it answers).
+
 The student is trained here like ``edge-runtime fit`` does, or read from
 ``--students DIR`` (``DIR/<category>`` written by ``edge-runtime fit --max-images N``
 with the same N and seed).
@@ -105,6 +108,41 @@ def features_graph(path: Path) -> Path:
     return path
 
 
+def daemon_first_verdict(category: str, args) -> list[dict]:
+    """The same clock through a real daemon: POST the captures (32 per request), then
+    inspect until the head answers. The features graph is exported beforehand (a first
+    product also pays its export, a few seconds, once per data directory)."""
+    from edge_runtime.daemon_process import Daemon
+
+    images = train_images(args.data, category, args.max_images)
+    probe = test_samples(args.data, category, 1)[0].image
+    with tempfile.TemporaryDirectory() as tmp:
+        data = Path(tmp) / "data"
+        (data / "heads").mkdir(parents=True)
+        features_graph(data / "heads" / H.FEATURES)
+        daemon = Daemon(data, env={"EDGE_RUNTIME_MODEL_THREADS": str(args.threads)})
+        daemon.start(timeout=120)
+        try:
+            product = daemon.client.post("/products", json={"name": category}).json()["id"]
+            for start in range(0, len(images), 32):
+                response = daemon.upload(product, images[start : start + 32])
+                assert response.status_code == 201, response.text
+            stored = time.perf_counter()
+            while True:
+                answer = daemon.inspect(product, probe)
+                if answer.status_code == 200:
+                    break
+                time.sleep(0.05)
+            seconds = time.perf_counter() - stored
+            state = daemon.client.get(f"/products/{product}/head").json()
+            rss = daemon.client.get("/status").json()["rss_mb"]
+        finally:
+            daemon.stop()
+    return [{"category": category, "model": "daemon", "first_verdict_seconds": seconds,
+            "head_bytes": state["bytes"], "fit_seconds": state["fit_seconds"],
+            "first_verdict": answer.json()["verdict"], "api_rss_mb": rss}]
+
+
 def run_category(category: str, graph: Path, args) -> list[dict]:
     images = train_images(args.data, category, args.max_images)
     train, val = H.holdout_split(len(images))
@@ -170,6 +208,8 @@ def main() -> None:
     parser.add_argument("--threads", type=int, default=1)
     parser.add_argument("--repeats", type=int, default=30)
     parser.add_argument("--out", type=Path, default=REPO / "runs" / "onboarding")
+    parser.add_argument("--daemon", action="store_true",
+                        help="only the first-verdict clock, through a real daemon")
     parser.add_argument("--quick", action="store_true",
                         help="bottle, 40 captures, 1 epoch, 3 test images per kind")
     args = parser.parse_args()
@@ -181,14 +221,23 @@ def main() -> None:
         graph = features_graph(Path(tmp) / H.FEATURES)
         rows = []
         for category in tqdm(args.categories.split(","), desc="categories"):
-            rows += run_category(category, graph, args)
+            rows += (daemon_first_verdict(category, args) if args.daemon
+                     else run_category(category, graph, args))
     columns = ["category", "model", "fit_seconds", "first_verdict_seconds", "head_bytes",
-               "latency_ms", "pixel_auroc", "image_auroc", "pixel_f1", "aupro",
+               "api_rss_mb", "latency_ms", "pixel_auroc", "image_auroc", "pixel_f1", "aupro",
                "operational_pixel_f1"]
     print_table(columns, [[r.get(c, "-") for c in columns] for r in rows])
 
     def mean(model: str, key: str) -> float:
         return float(np.mean([r[key] for r in rows if r["model"] == model]))
+
+    if args.daemon:
+        emit_json({"head": "daemon", "fit_seconds": mean("daemon", "fit_seconds"),
+                   "first_verdict_seconds": mean("daemon", "first_verdict_seconds"),
+                   "head_bytes": mean("daemon", "head_bytes"), "head_pixel_auroc": None,
+                   "student_pixel_auroc": None, "head_image_auroc": None,
+                   "student_image_auroc": None, "api_rss_mb": mean("daemon", "api_rss_mb")})
+        return
 
     ratio = [h["latency_ms"] / s["latency_ms"] for h, s in zip(
         [r for r in rows if r["model"] == "padim/full"],
