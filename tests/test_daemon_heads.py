@@ -7,6 +7,7 @@ import threading
 import time
 
 import httpx
+from prometheus_client.parser import text_string_to_metric_families
 
 from edge_runtime.daemon_process import Daemon
 
@@ -51,6 +52,10 @@ def test_head_serves_before_training_and_the_student_takes_over(tmp_path, data_r
         assert 0 < state["bytes"] <= MAX_BYTES and status["heads"]["bytes"] == state["bytes"]
         assert (tmp_path / "data" / "heads" / f"{product}.npz").stat().st_size == state["bytes"]
         assert status["torch_imported"] is False
+        gauges = {sample.name: sample.value for family in
+                  text_string_to_metric_families(c.get("/metrics").text)
+                  for sample in family.samples}
+        assert gauges["edge_runtime_head_bytes"] == state["bytes"]
 
         # train while a line keeps inspecting: no request fails across the promotion
         answers: list[tuple[int, str | None]] = []
