@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import subprocess
 import sys
+import time
 from pathlib import Path
 
 import numpy as np
@@ -155,7 +156,16 @@ def test_head_service_fits_off_thread_persists_and_reloads(tmp_path, data_root, 
     (tmp_path / "heads" / H.FEATURES).write_bytes(features_graph.read_bytes())
     assert service.request_fit(7, lambda: images[:2]).result(60)["status"] == "waiting"
     assert service.inferencer(7) is None
-    state = service.request_fit(7, lambda: images).result(120)
+    def slowly_listed() -> list:
+        time.sleep(0.5)  # more captures arrive while this fit lists them
+        return images
+
+    running = service.request_fit(7, slowly_listed)
+    while not running.running():
+        time.sleep(0.01)
+    newer = service.request_fit(7, lambda: images)
+    state = newer.result(120)
+    assert running.result(1)["status"] == "queued"  # it stopped for the newer one
     assert state["status"] == "ready" and 0 < state["bytes"] <= options.max_bytes
     assert service.head_path(7).stat().st_size == state["bytes"]
     assert service.status()["bytes"] == state["bytes"]

@@ -16,7 +16,7 @@ import subprocess
 import sys
 import threading
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterable, Iterator
 from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
@@ -26,6 +26,10 @@ from edge_runtime.inference import heads as H
 from edge_runtime.settings import Settings
 
 log = logging.getLogger("edge_runtime.heads")
+
+
+class _Superseded(Exception):
+    """A newer fit of the same product is queued; this one stops early."""
 
 
 @dataclass(frozen=True)
@@ -58,6 +62,7 @@ class HeadService:
         self._heads: dict[int, H.HeadInferencer] = {}
         self._state: dict[int, dict] = {}
         self._queued: dict[int, Future] = {}
+        self._generation: dict[int, int] = {}  # bumped by each queued fit
         self._runner: H.FeatureRunner | None = None
         self._executor = ThreadPoolExecutor(max_workers=1, thread_name_prefix="heads")
 
@@ -112,11 +117,21 @@ class HeadService:
             if queued is not None and not queued.running() and not queued.done():
                 return queued
             self._state.setdefault(product_id, {})["status"] = "queued"
-            future = self._executor.submit(self._fit, product_id, captures)
+            generation = self._generation[product_id] = self._generation.get(product_id, 0) + 1
+            future = self._executor.submit(self._fit, product_id, captures, generation)
             self._queued[product_id] = future
             return future
 
-    def _fit(self, product_id: int, captures: Callable[[], list[Path]]) -> dict:
+    def _current(self, product_id: int, generation: int, batches: Iterable) -> Iterator:
+        """Pass batches through until a newer fit of the product is queued: that one will
+        see every capture this one sees, so finishing this one would only delay it."""
+        for batch in batches:
+            if self._generation.get(product_id) != generation:
+                raise _Superseded
+            yield batch
+
+    def _fit(self, product_id: int, captures: Callable[[], list[Path]],
+             generation: int = 0) -> dict:
         options = self.options
         started = time.perf_counter()
         self._set(product_id, status="fitting")
@@ -131,8 +146,9 @@ class HeadService:
             runner = self.runner()
             config = H.HeadConfig(kind=options.kind, covariance=options.covariance,
                                   max_bytes=options.max_bytes, seed=options.seed)
-            head = H.fit_head_batches(runner.embed_batches(fitted), len(fitted), runner.dim,
-                                      config, runner.image_size, runner.grid)
+            batches = self._current(product_id, generation, runner.embed_batches(fitted))
+            head = H.fit_head_batches(batches, len(fitted), runner.dim, config,
+                                      runner.image_size, runner.grid)
             normal = [images[i] for i in held] or fitted  # the student's rule, too
             H.calibrate_head(head, runner.embed_sources(normal))
             head.meta["captures"] = len(images)
@@ -140,6 +156,8 @@ class HeadService:
             self._publish(product_id, head, size, time.perf_counter() - started)
             log.info("head for product %d ready: %d bytes, %.1f s", product_id, size,
                      time.perf_counter() - started)
+        except _Superseded:
+            log.info("head fit for product %d superseded by newer captures", product_id)
         except Exception as exc:  # noqa: BLE001 - reported in /status, the daemon serves on
             log.exception("head fit for product %d", product_id)
             self._set(product_id, status="failed", error=f"{type(exc).__name__}: {exc}")
