@@ -214,3 +214,14 @@ def test_fitting_batch_by_batch_equals_fitting_at_once(bottle, runner):
                                    runner.dim, config, SIZE, runner.grid)
         np.testing.assert_allclose(parts.maps(bottle["test"][:2])[0],
                                    whole.maps(bottle["test"][:2])[0], rtol=2e-2, atol=1e-3)
+
+
+def test_head_settings_name_the_heads_choices_and_reject_others():
+    from edge_runtime.settings import HEAD_COVARIANCES, HEAD_KINDS, SettingsError, load_settings
+
+    assert set(HEAD_KINDS) == set(H.KINDS) and HEAD_COVARIANCES == H.COVARIANCES
+    assert load_settings(environ={}).heads.max_bytes == H.HeadConfig().max_bytes
+    with pytest.raises(SettingsError, match="heads.kind"):
+        load_settings(environ={"EDGE_RUNTIME_HEADS_KIND": "knn"})
+    with pytest.raises(SettingsError, match="heads.max_bytes"):
+        load_settings(environ={"EDGE_RUNTIME_HEADS_MAX_BYTES": "1000"})
