@@ -197,6 +197,7 @@ def run_head(run: str, args: argparse.Namespace) -> None:
             moments = task if moments is None else moments.average(task, step)
             model = moments.head(config.epsilon, spec.image_size, runner.grid)
         seconds = time.perf_counter() - started
+        fit_peak = current_peak_rss_mb()  # fitting's own high-water mark, apart from evaluation
         del embeddings
         inferencer = H.HeadInferencer(runner, model)
         row = []
@@ -209,7 +210,9 @@ def run_head(run: str, args: argparse.Namespace) -> None:
         state["tasks"].append(category)
         state["matrix"].append(row)
         state["train_seconds"].append(round(seconds, 2))
-        state["peak_rss_mb"] = max(state["peak_rss_mb"], round(current_peak_rss_mb(), 1))
+        state["peak_rss_mb"] = max(state["peak_rss_mb"], round(fit_peak, 1))
+        state["peak_rss_eval_mb"] = max(state.get("peak_rss_eval_mb", 0.0),
+                                        round(peak_rss_mb(), 1))
         image = np.zeros((1, 3, spec.image_size, spec.image_size), np.float32)
         times = []
         for _ in range(20):
