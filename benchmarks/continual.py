@@ -20,8 +20,11 @@ from pathlib import Path
 
 from _common import REPO, SHARED, current_peak_rss_mb, emit_json, peak_rss_mb, reset_peak_rss
 
+# memory-bank heads on the frozen teacher (no student, no training): task-agnostic rows
+HEAD_STRATEGIES = ["patchcore", "padim"]
 PASTE_STRATEGIES = ["joint", "finetune", "replay_image", "replay_fp32", "replay_fp16",
-                    "replay_uint8_map", "replay_uint8_channel", "replay_pq", "replay_pca"]
+                    "replay_uint8_map", "replay_uint8_channel", "replay_pq", "replay_pca",
+                    *HEAD_STRATEGIES]
 STFPM_STRATEGIES = ["joint", "finetune", "replay_image"]
 METRICS = ["pixel_f1", "pixel_auroc", "pixel_ap", "aupro", "image_auroc", "image_f1",
            "operational_pixel_f1", "operational_image_f1"]
@@ -37,6 +40,9 @@ def all_runs(strategies: list[str] | None, models: list[str]) -> list[str]:
 
 # ---------------------------------------------------------------- one run (child process)
 def run_one(run: str, args: argparse.Namespace) -> None:
+    if run.split("/")[1] in HEAD_STRATEGIES:
+        run_head(run, args)
+        return
     import numpy as np
     import torch
     from tqdm import tqdm
@@ -129,6 +135,96 @@ def run_one(run: str, args: argparse.Namespace) -> None:
         state["resources"] = _resources(bundle, trainer, spec, learned.directory, args,
                                         inference_macs, training_step_macs, np)
         atomic_write_bytes(state_path, json.dumps(state, indent=1).encode())
+
+
+# The supplement keeps 30000 patches (PatchCore) / one Gaussian per position (PaDiM) in
+# total, whatever the number of tasks; on this backbone's 64-wide fp16 patches 10000 patches
+# are 1.3 MB, PaDiM's full 32-dim Gaussians 1.9 MB: both near one product's head budget.
+PATCHCORE_MEMORY = 10_000
+
+
+def run_head(run: str, args: argparse.Namespace) -> None:
+    """Task-agnostic memory-bank heads (CLAD supplement 1.1 / 1.2): no training at all."""
+    import tempfile
+
+    import numpy as np
+    from tqdm import tqdm
+
+    from edge_runtime.atomic import atomic_write_bytes
+    from edge_runtime.dataset import train_images
+    from edge_runtime.evaluation.evaluate import evaluate
+    from edge_runtime.inference import heads as H
+    from edge_runtime.model.onnx_export import export_features
+    from edge_runtime.model.torch_model import ModelSpec, build_parts
+
+    _, strategy = run.split("/")
+    out = args.out / "runs"
+    out.mkdir(parents=True, exist_ok=True)
+    path = out / f"paste_{strategy}.json"
+    previous = json.loads(path.read_text()) if path.exists() else None
+    if previous and previous.get("settings") != _settings(args):
+        raise SystemExit(f"{path} was made with other settings; use another --out")
+    if previous and len(previous["tasks"]) == len(args.categories):
+        return  # finished; an unfinished one starts over (no training to resume)
+    state = {"run": run, "settings": _settings(args), "tasks": [], "matrix": [],
+             "train_seconds": [], "peak_rss_mb": 0.0}
+    spec = ModelSpec.paste()
+    trunk, teacher, _ = build_parts(spec, seed=args.seed)
+    params = sum(p.numel() for m in (trunk, teacher) for p in m.parameters())
+    graph = Path(tempfile.mkdtemp()) / H.FEATURES
+    export_features(trunk, teacher, spec.feature_layers, spec.image_size, graph)
+    runner = H.FeatureRunner(graph, spec.image_size, args.threads)
+    config = H.HeadConfig(kind=strategy, seed=args.seed) if strategy == "padim" else \
+        H.HeadConfig(kind="patchcore", dim=64, seed=args.seed)
+    banks = H.TaskBanks(config, PATCHCORE_MEMORY, spec.image_size, runner.grid)
+    moments, held = None, {}
+    for step, category in enumerate(args.categories):
+        images = train_images(args.data, category, args.max_train_images)
+        train, val = H.holdout_split(len(images), 0.1, args.seed)
+        held[category] = [images[i] for i in val]
+        reset_peak_rss()
+        started = time.perf_counter()
+        with tqdm(desc=f"{run} features {category}", unit="img", leave=False) as bar:
+            embeddings = runner.embed_sources([images[i] for i in train],
+                                              progress=lambda d, t: bar.update(d - bar.n))
+        if strategy == "patchcore":
+            banks.add_task(embeddings)
+            model = banks
+        else:
+            dim = H.padim_dim(config, embeddings.shape[-1], embeddings.shape[1])
+            task = H.PadimMoments.of(embeddings, H.projection(embeddings.shape[-1], dim,
+                                                              config.seed), config.covariance)
+            moments = task if moments is None else moments.average(task, step)
+            model = moments.head(config.epsilon, spec.image_size, runner.grid)
+        seconds = time.perf_counter() - started
+        fit_peak = current_peak_rss_mb()  # fitting's own high-water mark, apart from evaluation
+        del embeddings
+        inferencer = H.HeadInferencer(runner, model)
+        row = []
+        for seen in args.categories[: step + 1]:
+            thresholds = inferencer.calibrate(held[seen])
+            with tqdm(desc=f"{run} eval {seen}", unit="img", leave=False) as bar:
+                scores = evaluate(inferencer, args.data, seen, args.max_test_images,
+                                  thresholds, lambda d, t, bar=bar: bar.update(d - bar.n))
+            row.append({k: scores[k] for k in METRICS})
+        state["tasks"].append(category)
+        state["matrix"].append(row)
+        state["train_seconds"].append(round(seconds, 2))
+        state["peak_rss_mb"] = max(state["peak_rss_mb"], round(fit_peak, 1))
+        state["peak_rss_eval_mb"] = max(state.get("peak_rss_eval_mb", 0.0),
+                                        round(peak_rss_mb(), 1))
+        image = np.zeros((1, 3, spec.image_size, spec.image_size), np.float32)
+        times = []
+        for _ in range(20):
+            begun = time.perf_counter()
+            inferencer.forward(image)
+            times.append(time.perf_counter() - begun)
+        state["resources"] = {
+            "architecture_memory_mb": round(params * 4 / 2**20, 3),
+            "additional_memory_bytes": model.nbytes, "inference_macs": None,
+            "training_macs_per_step": None,
+            "inference_ms": round(float(np.median(times[3:])) * 1000, 3)}
+        atomic_write_bytes(path, json.dumps(state, indent=1).encode())
 
 
 def _resources(bundle, trainer, spec, model_path, args, inference_macs, training_step_macs,

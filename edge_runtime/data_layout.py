@@ -31,6 +31,11 @@ class DataLayout:
         return self.root / "models"
 
     @property
+    def heads(self) -> Path:
+        """Memory-bank heads, one file per product id, and the features graph they read."""
+        return self.root / "heads"
+
+    @property
     def logs(self) -> Path:
         return self.root / "logs"
 

@@ -32,6 +32,8 @@ WEIGHTS_ENV = "EDGE_RUNTIME_WEIGHTS_DIR"  # read by model/weights.py, the one re
 REPLAY_FEATURE_CODECS = ("fp32", "fp16", "uint8_map", "uint8_channel", "pq", "pca")
 CAMERA_KINDS = ("none", "directory", "picamera2", "v4l2", "gstreamer")
 V4L2_PIXEL_FORMATS = ("MJPG", "YUYV", "RGB3", "BGR3", "GREY")
+HEAD_KINDS = ("padim", "patchcore")  # inference/heads.py KINDS (a test keeps them equal)
+HEAD_COVARIANCES = ("full", "shared", "diagonal")
 
 
 class SettingsError(ValueError):
@@ -99,6 +101,18 @@ class InspectionSettings:
 
 
 @dataclass(frozen=True)
+class HeadSettings:
+    """Memory-bank heads: a product is inspected from its captures before its student is
+    trained (edge_runtime/inference/heads.py; benchmarks/onboarding.py chose padim/full)."""
+
+    enabled: bool = True
+    kind: str = "padim"  # padim | patchcore
+    covariance: str = "full"  # padim: full | shared | diagonal
+    max_bytes: int = 2_000_000  # per product, the head file; the fit narrows to fit
+    auto_fit: bool = True  # fit after captures are stored (else POST /products/{id}/head)
+
+
+@dataclass(frozen=True)
 class Settings:
     data_dir: str = "~/.local/share/edge-runtime"
     api: ApiSettings = field(default_factory=ApiSettings)
@@ -109,6 +123,7 @@ class Settings:
     inspection: InspectionSettings = field(default_factory=InspectionSettings)
     mqtt: MqttSettings = field(default_factory=MqttSettings)  # events to a broker
     webhook: WebhookSettings = field(default_factory=WebhookSettings)
+    heads: HeadSettings = field(default_factory=HeadSettings)
 
     @property
     def data_path(self) -> Path:
@@ -219,6 +234,11 @@ def validate(settings: Settings) -> Settings:
         (settings.inspection.keep_recent_maps >= 0, "inspection.keep_recent_maps must be >= 0"),
         (settings.inspection.keep_records >= 1000, "inspection.keep_records must be >= 1000"),
         (settings.inspection.keep_maps_mb >= 0, "inspection.keep_maps_mb must be >= 0"),
+        (settings.heads.kind in HEAD_KINDS,
+         f"heads.kind must be one of {', '.join(HEAD_KINDS)}"),
+        (settings.heads.covariance in HEAD_COVARIANCES,
+         f"heads.covariance must be one of {', '.join(HEAD_COVARIANCES)}"),
+        (settings.heads.max_bytes >= 50_000, "heads.max_bytes must be >= 50000"),
         (settings.is_loopback or len(settings.api.token) >= 16,
          f"api.host is {settings.api.host} (not loopback): set api.token (16+ characters) "
          "so mutating endpoints need a bearer token"),

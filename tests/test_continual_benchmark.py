@@ -41,3 +41,14 @@ def test_quick_benchmark_end_to_end_resumes_and_merges(tmp_path, data_root):
     table = (tmp_path / "results.md").read_text()
     assert "paste/replay_image" in table and "paste/finetune" in table
     assert (tmp_path / "pixel_f1.png").read_bytes()[:4] == b"\x89PNG"
+
+
+def test_memory_bank_rows_are_task_agnostic_and_bounded(tmp_path, data_root):
+    result, _ = _run(tmp_path, data_root, "padim,patchcore")
+    assert set(result["runs"]) == {"paste/padim", "paste/patchcore"}  # no STFPM variant
+    for figures in result["runs"].values():
+        assert set(figures) >= KEYS and 0.5 < figures["pixel_auroc"] <= 1.0
+        assert 0 < figures["additional_memory_bytes"] <= 2_000_000
+    assert result["runs"]["paste/patchcore"]["forgetting"] < 0.1  # one coreset per task
+    state = json.loads((tmp_path / "runs" / "paste_patchcore.json").read_text())
+    assert state["tasks"] == ["bottle", "transistor"] and len(state["matrix"][1]) == 2

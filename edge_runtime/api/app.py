@@ -84,6 +84,7 @@ def create_app(settings: Settings, runtime: Runtime | None = None,
         notifier.stopping()
         runtime.line.close()
         runtime.jobs.shutdown()
+        runtime.heads.shutdown()
         stop_event_sinks(sinks)
 
     app = FastAPI(title="edge-runtime", version=edge_runtime.__version__, lifespan=lifespan,

@@ -10,6 +10,7 @@ from fastapi import Path as PathParam
 from fastapi.security import HTTPAuthorizationCredentials, HTTPBearer
 
 from edge_runtime.services.captures import CaptureService
+from edge_runtime.services.heads import HeadService
 from edge_runtime.services.inspection import InspectionService
 from edge_runtime.services.jobs import JobManager
 from edge_runtime.services.models import ModelRegistry
@@ -46,6 +47,7 @@ ModelsDep = Annotated[ModelRegistry, Depends(_part("models"))]
 StatusDep = Annotated[StatusService, Depends(_part("status"))]
 ReviewsDep = Annotated[ReviewService, Depends(_part("reviews"))]
 RemovalDep = Annotated[ProductRemoval, Depends(_part("removal"))]
+HeadsDep = Annotated[HeadService, Depends(_part("heads"))]
 
 bearer = HTTPBearer(auto_error=False, description="api.token, required when one is configured")
 

@@ -95,6 +95,8 @@ class InspectionOut(BaseModel):
     threshold: float
     latency_ms: float
     model_version: str
+    head: str = Field(description='who answered: "student", or the memory-bank head '
+                                  '("padim" / "patchcore") before the student knows the product')
     map_url: str
 
 

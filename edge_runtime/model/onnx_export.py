@@ -6,10 +6,11 @@ import os
 import warnings
 
 import torch
+import torch.nn.functional as F
 from torch import nn
 
 from edge_runtime.atomic import atomic_path
-from edge_runtime.model.torch_model import PasteModel, Trunk
+from edge_runtime.model.torch_model import PasteModel, Tail, Trunk
 
 OPSET = 17
 
@@ -35,6 +36,43 @@ def export_trunk(trunk: Trunk, image_size: int, target: str | os.PathLike[str]) 
     """The frozen trunk alone: training runs it once per image and caches its output."""
     example = torch.zeros(1, 3, image_size, image_size)
     _export(_Named(trunk), example, target, ["image"], ["features"])
+
+
+def export_features(
+    trunk: Trunk, teacher: Tail, feature_layers: tuple[int, ...], image_size: int,
+    target: str | os.PathLike[str],
+) -> list[str]:
+    """Trunk + frozen teacher tail: one output per tapped layer (``layer6``, ...) and
+    ``patches``, the memory-bank heads' patch embeddings (see _Features).
+
+    Nothing in it is trained, so a head can serve a product from this graph before any
+    student exists. Returns the output names."""
+    outputs = [f"layer{layer}" for layer in feature_layers] + ["patches"]
+    example = torch.zeros(1, 3, image_size, image_size)
+    _export(_Features(trunk, teacher), example, target, ["image"], outputs)
+    return outputs
+
+
+class _Features(nn.Module):
+    """Each tapped layer averaged over 3x3 neighbourhoods (PatchCore's local aggregation),
+    resampled to the first layer's grid, L2-normalised per layer so that no layer's scale
+    dominates a distance, and concatenated: (N, sum of channels, grid, grid). Done here, in
+    ORT, because the same in numpy costs more than the network on a board."""
+
+    def __init__(self, trunk: Trunk, teacher: Tail) -> None:
+        super().__init__()
+        self.trunk, self.teacher = trunk, teacher
+
+    def forward(self, image: torch.Tensor) -> tuple[torch.Tensor, ...]:
+        layers = self.teacher(self.trunk(image))
+        grid = layers[0].shape[-2:]
+        parts = []
+        for layer in layers:
+            part = F.avg_pool2d(layer, 3, stride=1, padding=1, count_include_pad=False)
+            if part.shape[-2:] != grid:
+                part = F.interpolate(part, size=grid, mode="bilinear", align_corners=False)
+            parts.append(F.normalize(part, p=2.0, dim=1, eps=1e-6))
+        return (*layers, torch.cat(parts, dim=1))
 
 
 class _Named(nn.Module):

@@ -10,6 +10,7 @@ import io
 import re
 import secrets
 import shutil
+from collections.abc import Callable
 from pathlib import Path
 
 from PIL import Image
@@ -40,8 +41,10 @@ def image_info(data: bytes) -> tuple[str, int, int]:
 
 
 class CaptureService:
-    def __init__(self, db: Database, layout: DataLayout, camera: MonitoredCamera) -> None:
+    def __init__(self, db: Database, layout: DataLayout, camera: MonitoredCamera,
+                 on_stored: Callable[[dict], None] | None = None) -> None:
         self.db, self.layout, self.camera = db, layout, camera
+        self.on_stored = on_stored  # e.g. queue the product's memory-bank head fit
 
     def add(self, product: dict, uploads: list[bytes], camera_frames: int = 0,
             names: list[str] | None = None, source: str = "upload") -> dict:
@@ -57,6 +60,8 @@ class CaptureService:
         infos = [image_info(data) for data, _, _ in blobs]
         stored = [self._store(product["id"], data, source, info, name)
                   for (data, source, name), info in zip(blobs, infos, strict=True)]
+        if self.on_stored:
+            self.on_stored(product)
         return {"count": len(stored), "captures": stored}
 
     def _store(self, product_id: int, data: bytes, source: str,

@@ -12,9 +12,11 @@ from dataclasses import asdict, dataclass
 
 import numpy as np
 
-from edge_runtime.inference.thresholds import REJECT
+from edge_runtime.inference.inferencer import AnomalyInferencer
+from edge_runtime.inference.thresholds import REJECT, Thresholds
 from edge_runtime.services import events
 from edge_runtime.services.errors import GoneError, found
+from edge_runtime.services.heads import HeadService
 from edge_runtime.services.map_store import MapStore, RecentMap
 from edge_runtime.services.metrics import Metrics
 from edge_runtime.services.models import ModelRegistry
@@ -37,6 +39,20 @@ class InspectionRecord:
     threshold: float
     latency_ms: float
     model_version: str
+    head: str  # who answered: "student", or the memory-bank head's kind before training
+
+
+STUDENT = "student"
+
+
+@dataclass(frozen=True)
+class Answerer:
+    """What decides one inspection: a graph, its thresholds, and its name."""
+
+    inferencer: AnomalyInferencer
+    thresholds: Thresholds
+    version: str
+    head: str
 
 
 class InspectionService:
@@ -45,9 +61,10 @@ class InspectionService:
 
     def __init__(self, db: Database, registry: ModelRegistry, products: ProductService,
                  metrics: Metrics, bus: events.EventBus, keep_recent_maps: int,
-                 keep_records: int = 100_000, maps: MapStore | None = None) -> None:
+                 keep_records: int = 100_000, maps: MapStore | None = None,
+                 heads: HeadService | None = None) -> None:
         self.db, self.registry, self.products = db, registry, products
-        self.maps = maps
+        self.maps, self.heads = maps, heads
         self._writer = ThreadPoolExecutor(1, thread_name_prefix="maps")
         self._pending = 0
         self.metrics, self.bus = metrics, bus
@@ -57,19 +74,35 @@ class InspectionService:
         self._recent: collections.OrderedDict[int, RecentMap] = collections.OrderedDict()
         self._keep = keep_recent_maps
 
+    def answerer(self, product: dict) -> Answerer:
+        """The student once the live model knows the product; until then the product's
+        memory-bank head; NotTrainedError (409) when neither exists yet."""
+        live = self.registry.live  # one reference for the whole request: swaps can't break it
+        calibrated = live.thresholds(product["name"]) if live else None
+        overrides = product["image_threshold_override"], product["pixel_threshold_override"]
+        if live is not None and calibrated is not None:
+            return Answerer(live.inferencer, calibrated.overridden(*overrides), live.version,
+                            STUDENT)
+        head = self.heads.inferencer(product["id"]) if self.heads else None
+        if head is None or head.head.thresholds is None:
+            self.products.thresholds(product)  # raises NotTrainedError, the usual message
+        assert head is not None and head.head.thresholds is not None
+        return Answerer(head, head.head.thresholds.overridden(*overrides),
+                        f"head-{head.head.kind}", head.head.kind)
+
     def inspect(self, product: dict, data: bytes | np.ndarray,
                 source: str = "upload") -> InspectionRecord:
         """``data``: an encoded upload, or a camera's RGB array (never re-encoded)."""
-        thresholds = self.products.thresholds(product)  # 409 before decoding anything
-        live = self.registry.live  # one reference for the whole request: swaps can't break it
+        answerer = self.answerer(product)  # 409 before decoding anything
+        thresholds = answerer.thresholds
         started = time.perf_counter()
-        rgb = live.inferencer.load(data)
-        prediction = live.inferencer.predict(rgb, thresholds)
+        rgb = answerer.inferencer.load(data)
+        prediction = answerer.inferencer.predict(rgb, thresholds)
         seconds = time.perf_counter() - started
         with self.db.connect(durable=False) as conn:
             inspection_id = repo.add_inspection(conn, product["id"], prediction.score,
                                                 prediction.label, thresholds.image,
-                                                seconds * 1000, live.version, source)
+                                                seconds * 1000, answerer.version, source)
             if inspection_id % self.PRUNE_EVERY == 0:
                 repo.prune_inspections(conn, self.keep_records)
         self.metrics.observe_inspection(product["name"], prediction.label, seconds)
@@ -85,7 +118,7 @@ class InspectionService:
             self._keep_in_background(inspection_id, recent)
         record = InspectionRecord(inspection_id, product["id"], product["name"],
                                   prediction.score, prediction.label, thresholds.image,
-                                  round(seconds * 1000, 3), live.version)
+                                  round(seconds * 1000, 3), answerer.version, answerer.head)
         self.bus.publish(events.INSPECTION, asdict(record) | {
             "source": source, "created_at": time.time(),
             "map_url": f"/inspections/{inspection_id}/map.png"})

@@ -67,6 +67,10 @@ class _StateCollector(Collector):
             family.add_metric([store["codec"], "payload"], store["payload_bytes"])
             family.add_metric([store["codec"], "metadata"], store["metadata_bytes"])
             yield family
+        heads = s.get("heads")
+        if heads:
+            yield gauge("head_bytes", "Bytes of the memory-bank heads serving products",
+                        heads["bytes"])
 
     def describe(self):
         return []

@@ -8,6 +8,7 @@ from edge_runtime.camera import MonitoredCamera, make_camera
 from edge_runtime.services.captures import CaptureService
 from edge_runtime.services.events import EventBus
 from edge_runtime.services.fleet_metrics import register_fleet_metrics
+from edge_runtime.services.heads import HeadOptions, HeadService
 from edge_runtime.services.inspection import InspectionService
 from edge_runtime.services.jobs import JobManager
 from edge_runtime.services.line import LineService
@@ -37,6 +38,7 @@ class Runtime:
     camera: MonitoredCamera
     reviews: ReviewService
     removal: ProductRemoval
+    heads: HeadService
 
 
 def build_runtime(settings: Settings) -> Runtime:
@@ -55,16 +57,24 @@ def build_runtime(settings: Settings) -> Runtime:
         cam.kind, cam.directory, device=cam.device, width=cam.width, height=cam.height,
         pixel_format=cam.pixel_format, pipeline=cam.pipeline))
     products = ProductService(db, models)
+    heads = HeadService(layout.heads, HeadOptions.from_settings(settings))
+    heads.load_all()
+
+    def fit_head(product: dict) -> None:
+        """Captures stored: refit the head of a product the student does not know yet."""
+        if settings.heads.auto_fit and not products.is_trained(product):
+            heads.request_fit(product["id"], lambda: captures.paths(product["id"]))
+
+    captures = CaptureService(db, layout, camera, on_stored=fit_head)
     maps = MapStore(layout.maps, int(settings.inspection.keep_maps_mb * 2**20))
     inspections = InspectionService(db, models, products, metrics, bus,
                                     settings.inspection.keep_recent_maps,
-                                    settings.inspection.keep_records, maps)
+                                    settings.inspection.keep_records, maps, heads=heads)
     line = LineService(settings.serial, products, camera, inspections)
-    status = StatusService(settings, models, products, jobs, inspections, camera, line)
+    status = StatusService(settings, models, products, jobs, inspections, camera, line, heads)
     metrics.add_state(status.collect)
     register_fleet_metrics(metrics.registry, db, models, line)
-    captures = CaptureService(db, layout, camera)
     reviews = ReviewService(db, layout, inspections, products, captures, bus)
     removal = ProductRemoval(db, products, captures, inspections, jobs, bus)
     return Runtime(settings, bus, metrics, models, products, captures, inspections, jobs, line,
-                   status, camera, reviews, removal)
+                   status, camera, reviews, removal, heads)

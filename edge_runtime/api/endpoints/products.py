@@ -9,6 +9,7 @@ from fastapi.concurrency import run_in_threadpool
 
 from edge_runtime.api.deps import (
     CapturesDep,
+    HeadsDep,
     JobsDep,
     Mutating,
     ProductDep,
@@ -75,6 +76,19 @@ def list_captures(
 def train(product: ProductDep, jobs: JobsDep, body: TrainIn | None = None) -> JobOut:
     params = body.model_dump(exclude_none=True) if body else {}
     return JobOut(**jobs.submit(product, params))
+
+
+@router.post("/{product_id}/head", status_code=202, dependencies=[Mutating])
+def fit_head(product: ProductDep, heads: HeadsDep, captures: CapturesDep) -> dict:
+    """Fit the product's memory-bank head now, in the background (GET it for the state)."""
+    heads.request_fit(product["id"], lambda: captures.paths(product["id"]))
+    return heads.state(product["id"])
+
+
+@router.get("/{product_id}/head")
+def head_state(product: ProductDep, heads: HeadsDep) -> dict:
+    """queued | fitting | ready | waiting (too few captures) | failed | none; bytes, kind."""
+    return heads.state(product["id"])
 
 
 @router.put("/{product_id}/threshold", response_model=ProductOut, dependencies=[Mutating])

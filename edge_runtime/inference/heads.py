@@ -1,0 +1,464 @@
+"""Memory-bank heads on the frozen features: a verdict for a new product within seconds.
+
+The student needs a training job before its first verdict; these heads need none. They
+read the patch embeddings of the trunk + frozen teacher tail (``features.onnx``: layers
+6/10/14, each 3x3-aggregated and resampled to one grid, see onnx_export.export_features)
+and reduce them with a fixed random projection. Two kinds, after the CLAD supplement
+(sections 1.1 and 1.2):
+
+- ``padim`` (the default, chosen by benchmarks/onboarding.py): a Gaussian per grid
+  position (mean, and a full, shared or diagonal covariance); a patch's score is its
+  Mahalanobis distance.
+- ``patchcore``: a greedy k-center coreset of the normal patches (fp16); a patch's
+  score is the distance to its nearest neighbour in the bank.
+
+Both produce an (S, S) map and an image score (its max), like the merged student graph,
+and are calibrated on held-out normal captures with the same rule. numpy + ORT only: the
+serving process fits and runs them without torch. A head is one ``.npz`` (no pickles),
+written atomically; its file size is what ``max_bytes`` bounds.
+"""
+
+from __future__ import annotations
+
+import io
+import json
+import os
+import zipfile
+from collections.abc import Callable, Iterable, Iterator, Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import numpy as np
+
+from edge_runtime.atomic import atomic_write_bytes
+from edge_runtime.inference.inferencer import AnomalyInferencer, open_session
+from edge_runtime.inference.preprocess import preprocess
+from edge_runtime.inference.thresholds import Thresholds, calibrate
+
+FEATURES = "features.onnx"
+KINDS = ("patchcore", "padim")
+COVARIANCES = ("full", "shared", "diagonal")
+SMOOTH_SIGMA = 4.0  # pixels at the output size, as in PatchCore's map smoothing
+Source = str | os.PathLike[str] | bytes
+
+
+class HeadError(ValueError):
+    """A head file that cannot be used, or settings that cannot fit the byte budget."""
+
+
+# ---------------------------------------------------------------- features
+def _resize_matrix(out_size: int, in_size: int) -> np.ndarray:
+    """Bilinear (half-pixel centres, edge-clamped) resampling as an (out, in) matrix."""
+    centres = (np.arange(out_size) + 0.5) * in_size / out_size - 0.5
+    centres = np.clip(centres, 0, in_size - 1)
+    low = np.floor(centres).astype(int)
+    high = np.minimum(low + 1, in_size - 1)
+    frac = (centres - low).astype(np.float32)
+    matrix = np.zeros((out_size, in_size), np.float32)
+    matrix[np.arange(out_size), low] += 1 - frac
+    matrix[np.arange(out_size), high] += frac
+    return matrix
+
+
+def _smooth_matrix(size: int, sigma: float) -> np.ndarray:
+    """Gaussian blur of one axis (reflect-free, renormalised at the borders)."""
+    if sigma <= 0:
+        return np.eye(size, dtype=np.float32)
+    offsets = np.arange(size)[:, None] - np.arange(size)[None, :]
+    kernel = np.exp(-0.5 * (offsets / sigma) ** 2) * (np.abs(offsets) <= 4 * sigma)
+    return (kernel / kernel.sum(axis=1, keepdims=True)).astype(np.float32)
+
+
+class FeatureRunner:
+    """The features graph in ORT: image batch -> (N, grid*grid, D) patch embeddings."""
+
+    def __init__(self, graph_path: str | os.PathLike[str], image_size: int, threads: int = 0,
+                 spinning: bool = False) -> None:
+        self.image_size = image_size
+        self.session = open_session(graph_path, threads, spinning)
+        probe = np.zeros((1, 3, image_size, image_size), np.float32)
+        shape = self.session.run(["patches"], {"image": probe})[0].shape
+        self.dim, self.grid = int(shape[1]), int(shape[2])  # (sum of channels, grid side)
+
+    def embed(self, batch: np.ndarray) -> np.ndarray:
+        patches = self.session.run(["patches"], {"image": batch})[0]
+        count, dim = patches.shape[:2]
+        return np.ascontiguousarray(patches.reshape(count, dim, -1).transpose(0, 2, 1))
+
+    def embed_batches(self, sources: Sequence[Source], batch_size: int = 4,
+                      progress: Callable[[int, int], None] | None = None
+                      ) -> Iterator[np.ndarray]:
+        """Embeddings, one small batch of decoded images in RAM at a time."""
+        for start in range(0, len(sources), batch_size):
+            part = sources[start : start + batch_size]
+            yield self.embed(np.stack([preprocess(s, self.image_size) for s in part]))
+            if progress:
+                progress(min(start + batch_size, len(sources)), len(sources))
+
+    def embed_sources(self, sources: Sequence[Source], batch_size: int = 4,
+                      progress: Callable[[int, int], None] | None = None) -> np.ndarray:
+        """Embeddings of every image (benchmarks and tests: (N, grid*grid, D) in RAM)."""
+        return np.concatenate(list(self.embed_batches(sources, batch_size, progress)))
+
+
+# ---------------------------------------------------------------- heads
+def projection(dim_in: int, dim_out: int, seed: int) -> np.ndarray:
+    """Gaussian random projection (Johnson-Lindenstrauss), identity when not reducing."""
+    if dim_out >= dim_in:
+        return np.eye(dim_in, dtype=np.float32)
+    rng = np.random.default_rng(seed)
+    return (rng.standard_normal((dim_in, dim_out)) / np.sqrt(dim_out)).astype(np.float32)
+
+
+def greedy_k_center(points: np.ndarray, count: int, seed: int = 0,
+                    selection_dim: int = 16) -> np.ndarray:
+    """Indices of ``count`` points that cover the set (minimax facility location, greedy).
+
+    Distances during selection use a further random projection to ``selection_dim``, as in
+    PatchCore: each step is then one small matrix-vector product over the candidates."""
+    if count >= len(points):
+        return np.arange(len(points))
+    reduced = points @ projection(points.shape[1], selection_dim, seed + 1)
+    reduced = np.ascontiguousarray(reduced, dtype=np.float32)
+    norms = np.einsum("ij,ij->i", reduced, reduced)
+    chosen = np.empty(count, dtype=np.int64)
+    chosen[0] = np.random.default_rng(seed).integers(len(points))
+    nearest = np.full(len(points), np.inf, dtype=np.float32)
+    for step in range(count):
+        if step:
+            chosen[step] = int(np.argmax(nearest))
+        centre = reduced[chosen[step]]
+        distance = norms - 2.0 * (reduced @ centre) + norms[chosen[step]]
+        np.minimum(nearest, distance, out=nearest)
+    return chosen
+
+
+def _min_sq_distances(queries: np.ndarray, bank: np.ndarray, bank_norms: np.ndarray,
+                      chunk: int = 256) -> np.ndarray:
+    """Squared distance of each query row to its nearest bank row (BLAS, bounded memory)."""
+    out = np.empty(len(queries), np.float32)
+    for start in range(0, len(queries), chunk):
+        q = queries[start : start + chunk]
+        d = bank_norms[None, :] - 2.0 * (q @ bank.T)
+        out[start : start + chunk] = d.min(axis=1) + np.einsum("ij,ij->i", q, q)
+    return np.maximum(out, 0.0)
+
+
+@dataclass
+class HeadConfig:
+    """How a head is fitted. ``max_bytes`` bounds the saved file (the bank or Gaussians)."""
+
+    kind: str = "padim"
+    dim: int = 32  # random-projection width (PaDiM: narrowed further if over max_bytes)
+    max_bytes: int = 2_000_000
+    bank_patches: int = 2048  # PatchCore coreset size (also capped by max_bytes)
+    candidates: int = 40_000  # PatchCore: random subset of patches the coreset is chosen from
+    covariance: str = "full"  # PaDiM
+    epsilon: float = 0.01  # PaDiM covariance regulariser
+    seed: int = 0
+
+    def __post_init__(self) -> None:
+        if self.kind not in KINDS:
+            raise HeadError(f"head kind must be one of {KINDS}, got {self.kind!r}")
+        if self.covariance not in COVARIANCES:
+            raise HeadError(f"covariance must be one of {COVARIANCES}")
+        if self.dim < 1 or self.bank_patches < 1 or self.max_bytes < 1:
+            raise HeadError("dim, bank_patches and max_bytes must be positive")
+
+
+@dataclass
+class Head:
+    """A fitted head: arrays (saved as fp16 where precision allows) plus a few settings."""
+
+    kind: str
+    image_size: int
+    grid: int
+    arrays: dict[str, np.ndarray]
+    meta: dict = field(default_factory=dict)
+    thresholds: Thresholds | None = None
+
+    def __post_init__(self) -> None:
+        self._prepared: dict[str, np.ndarray] = {}
+        size = self.image_size
+        smooth = _smooth_matrix(size, SMOOTH_SIGMA * size / 256)
+        self._to_image = smooth @ _resize_matrix(size, self.grid)
+
+    # ---- scoring
+    def _prepare(self) -> dict[str, np.ndarray]:
+        if not self._prepared:
+            a = {k: v.astype(np.float32) for k, v in self.arrays.items()}
+            if self.kind == "patchcore":
+                a["bank_norms"] = np.einsum("ij,ij->i", a["bank"], a["bank"])
+            self._prepared = a
+        return self._prepared
+
+    def patch_scores(self, embeddings: np.ndarray) -> np.ndarray:
+        """(N, grid*grid) distances of projected patches to the normal model."""
+        a = self._prepare()
+        x = embeddings @ a["projection"]
+        if self.kind == "patchcore":
+            flat = x.reshape(-1, x.shape[-1])
+            return np.sqrt(_min_sq_distances(flat, a["bank"], a["bank_norms"])).reshape(
+                x.shape[:2])
+        centred = x - a["mean"][None]
+        if "whiten" in a:  # shared: one whitening matrix for every position
+            z = centred @ a["whiten"]
+        elif a["precision"].ndim == 2:  # diagonal: per-position 1/sqrt(variance)
+            z = centred * a["precision"][None]
+        else:  # full: per-position whitening matrices
+            z = np.einsum("npd,pde->npe", centred, a["precision"], optimize=True)
+        return np.sqrt(np.einsum("npd,npd->np", z, z))
+
+    def maps(self, embeddings: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+        """(N, S, S) smoothed anomaly maps at the input size and (N,) image scores."""
+        return self.to_maps(self.patch_scores(embeddings))
+
+    def to_maps(self, patch_scores: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+        scores = patch_scores.reshape(-1, self.grid, self.grid)
+        maps = np.einsum("Hh,nhw,Ww->nHW", self._to_image, scores, self._to_image,
+                         optimize=True).astype(np.float32)
+        return maps, maps.reshape(len(maps), -1).max(axis=1)
+
+    # ---- persistence
+    def to_bytes(self) -> bytes:
+        thresholds = self.thresholds.to_dict() if self.thresholds else None
+        meta = {"kind": self.kind, "image_size": self.image_size, "grid": self.grid,
+                "thresholds": thresholds, "meta": self.meta}
+        buffer = io.BytesIO()
+        np.savez(buffer, __meta__=np.frombuffer(json.dumps(meta).encode(), np.uint8),
+                 **self.arrays)
+        return buffer.getvalue()
+
+    @property
+    def nbytes(self) -> int:
+        return len(self.to_bytes())
+
+    def save(self, path: str | os.PathLike[str]) -> int:
+        data = self.to_bytes()
+        atomic_write_bytes(Path(path), data)
+        return len(data)
+
+    @classmethod
+    def load(cls, path: str | os.PathLike[str]) -> Head:
+        try:
+            with np.load(Path(path), allow_pickle=False) as npz:
+                meta = json.loads(npz["__meta__"].tobytes())
+                arrays = {k: npz[k] for k in npz.files if k != "__meta__"}
+        except (OSError, ValueError, KeyError, zipfile.BadZipFile) as exc:
+            raise HeadError(f"{path}: not a head file ({exc})") from exc
+        thresholds = meta["thresholds"] and Thresholds.from_dict(meta["thresholds"])
+        return cls(meta["kind"], meta["image_size"], meta["grid"], arrays, meta["meta"],
+                   thresholds)
+
+
+# ---------------------------------------------------------------- fitting
+_OVERHEAD = 4096  # npz headers and the metadata
+
+
+def bank_size(config: HeadConfig, dim_in: int) -> int:
+    """Coreset size that keeps the file under ``max_bytes`` (fp16 bank + fp16 projection)."""
+    dim = min(config.dim, dim_in)
+    room = config.max_bytes - _OVERHEAD - 2 * dim_in * dim
+    count = min(config.bank_patches, room // (2 * dim))
+    if count < 1:
+        raise HeadError(f"max_bytes={config.max_bytes} cannot hold a single patch")
+    return int(count)
+
+
+def fit_patchcore(batches: Iterable[np.ndarray], count: int, config: HeadConfig,
+                  image_size: int, grid: int, dim_in: int) -> Head:
+    """Coreset of the normal patches, chosen from a random subset of candidates (drawn
+    batch by batch, so RAM holds the candidates, never every patch of every capture)."""
+    proj = projection(dim_in, config.dim, config.seed)
+    rng = np.random.default_rng(config.seed)
+    parts = []
+    for batch in batches:
+        flat = batch.reshape(-1, dim_in)
+        quota = -(-config.candidates * len(batch) // count)  # ceil
+        if len(flat) > quota:
+            flat = flat[rng.choice(len(flat), quota, replace=False)]
+        parts.append(flat @ proj)
+    candidates = np.concatenate(parts)
+    chosen = greedy_k_center(candidates, bank_size(config, dim_in), config.seed)
+    arrays = {"projection": proj.astype(np.float16),
+              "bank": candidates[np.sort(chosen)].astype(np.float16)}
+    return Head("patchcore", image_size, grid, arrays, {"patches": int(len(chosen))})
+
+
+def _inverse_sqrt(cov: np.ndarray) -> np.ndarray:
+    """W with W W^T = cov^-1 (so ||(x - mu) W|| is the Mahalanobis distance)."""
+    values, vectors = np.linalg.eigh(cov)
+    return (vectors / np.sqrt(np.maximum(values, 1e-12))[..., None, :]).astype(np.float32)
+
+
+def padim_dim(config: HeadConfig, dim_in: int, positions: int) -> int:
+    """Widest projection whose Gaussians fit ``max_bytes`` in fp16."""
+    dim = min(config.dim, dim_in)
+    room = config.max_bytes - _OVERHEAD
+
+    def size(d: int) -> int:
+        per_position = {"full": d * d, "diagonal": d, "shared": 0}[config.covariance]
+        shared = d * d if config.covariance == "shared" else 0
+        return 2 * (positions * (d + per_position) + shared + dim_in * d)
+
+    while dim > 1 and size(dim) > room:
+        dim -= 1
+    if size(dim) > room:
+        raise HeadError(f"max_bytes={config.max_bytes} cannot hold the Gaussians")
+    return dim
+
+
+@dataclass
+class PadimMoments:
+    """Projected per-position means and covariances (without epsilon): what PaDiM learns,
+    kept in fp32 so tasks can be averaged (CLAD supplement, Algorithm 1)."""
+
+    projection: np.ndarray
+    mean: np.ndarray  # (P, d)
+    cov: np.ndarray  # full (P, d, d), shared (d, d) or diagonal (P, d)
+    covariance: str
+
+    @classmethod
+    def of(cls, embeddings: np.ndarray, proj: np.ndarray, covariance: str) -> PadimMoments:
+        return cls.of_batches([embeddings], proj, covariance)
+
+    @classmethod
+    def of_batches(cls, batches: Iterable[np.ndarray], proj: np.ndarray,
+                   covariance: str) -> PadimMoments:
+        """Sums of x and x x^T in float64, batch by batch: RAM does not grow with the
+        number of captures."""
+        count, first, second = 0, 0.0, 0.0
+        for batch in batches:
+            x = (batch @ proj).astype(np.float64)
+            count += len(x)
+            first = first + x.sum(axis=0)
+            if covariance == "shared":
+                flat = x.reshape(-1, x.shape[-1])
+                second = second + flat.T @ flat
+            elif covariance == "diagonal":
+                second = second + (x * x).sum(axis=0)
+            else:
+                second = second + np.einsum("npd,npe->pde", x, x, optimize=True)
+        if not count:
+            raise HeadError("a head needs at least one image")
+        mean = first / count
+        if covariance == "shared":
+            positions = mean.shape[0]
+            cov = (second - count * mean.T @ mean) / max(count * positions - 1, 1)
+        elif covariance == "diagonal":
+            cov = (second - count * mean * mean) / max(count - 1, 1)
+        else:
+            cov = (second - count * np.einsum("pd,pe->pde", mean, mean)) / max(count - 1, 1)
+        return cls(proj, mean.astype(np.float32), cov.astype(np.float32), covariance)
+
+    def average(self, other: PadimMoments, tasks_so_far: int) -> PadimMoments:
+        """M <- M * i/(i+1) + M_i/(i+1), the same for the covariance (i tasks so far)."""
+        keep, new = tasks_so_far / (tasks_so_far + 1), 1 / (tasks_so_far + 1)
+        return PadimMoments(self.projection, self.mean * keep + other.mean * new,
+                            self.cov * keep + other.cov * new, self.covariance)
+
+    def head(self, epsilon: float, image_size: int, grid: int) -> Head:
+        dim = self.mean.shape[-1]
+        arrays = {"projection": self.projection.astype(np.float16),
+                  "mean": self.mean.astype(np.float16)}
+        if self.covariance == "diagonal":
+            arrays["precision"] = (1.0 / np.sqrt(self.cov + epsilon)).astype(np.float16)
+        else:
+            cov = self.cov + epsilon * np.eye(dim, dtype=np.float32)
+            name = "whiten" if self.covariance == "shared" else "precision"
+            arrays[name] = _inverse_sqrt(cov).astype(np.float16)
+        return Head("padim", image_size, grid, arrays, {"covariance": self.covariance,
+                                                         "dim": dim})
+
+
+def fit_padim(batches: Iterable[np.ndarray], count: int, config: HeadConfig,
+              image_size: int, grid: int, dim_in: int) -> Head:
+    """Per-position means, and full / shared / diagonal covariances (+ epsilon I)."""
+    proj = projection(dim_in, padim_dim(config, dim_in, grid * grid), config.seed)
+    moments = PadimMoments.of_batches(batches, proj, config.covariance)
+    return moments.head(config.epsilon, image_size, grid)
+
+
+def fit_head(embeddings: np.ndarray, config: HeadConfig, image_size: int, grid: int) -> Head:
+    """Fit on (N, grid*grid, D) embeddings of normal images; raises if over budget."""
+    return fit_head_batches([embeddings], len(embeddings), embeddings.shape[-1], config,
+                            image_size, grid)
+
+
+def fit_head_batches(batches: Iterable[np.ndarray], count: int, dim_in: int,
+                     config: HeadConfig, image_size: int, grid: int) -> Head:
+    """Fit on ``count`` images' embeddings arriving in batches (e.g. straight from
+    FeatureRunner.embed_batches), never all in RAM at once; raises if over budget."""
+    fit = fit_patchcore if config.kind == "patchcore" else fit_padim
+    head = fit(batches, count, config, image_size, grid, dim_in)
+    head.meta |= {"images": int(count), "seed": config.seed}
+    if head.nbytes > config.max_bytes:
+        raise HeadError(f"head of {head.nbytes} bytes exceeds max_bytes={config.max_bytes}")
+    return head
+
+
+class TaskBanks:
+    """PatchCore for continual learning (CLAD supplement, Algorithm 2), task-agnostic: one
+    coreset per task, all shrunk to ``memory_patches / tasks`` as tasks arrive; at test
+    time, per image, the task whose coreset gives the lowest mean patch distance answers."""
+
+    def __init__(self, config: HeadConfig, memory_patches: int, image_size: int,
+                 grid: int) -> None:
+        self.config, self.memory_patches = config, memory_patches
+        self.image_size, self.grid = image_size, grid
+        self.banks: list[Head] = []
+
+    def add_task(self, embeddings: np.ndarray) -> None:
+        share = self.memory_patches // (len(self.banks) + 1)
+        for bank in self.banks:
+            rows = bank.arrays["bank"]
+            keep = greedy_k_center(rows.astype(np.float32), share, self.config.seed)
+            bank.arrays["bank"] = rows[np.sort(keep)]
+            bank._prepared = {}
+        config = HeadConfig(kind="patchcore", dim=self.config.dim, bank_patches=share,
+                            max_bytes=2**62, candidates=self.config.candidates,
+                            seed=self.config.seed)
+        self.banks.append(fit_head(embeddings, config, self.image_size, self.grid))
+
+    @property
+    def nbytes(self) -> int:
+        return sum(bank.nbytes for bank in self.banks)
+
+    def maps(self, embeddings: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+        scores = np.stack([bank.patch_scores(embeddings) for bank in self.banks])
+        task = scores.mean(axis=2).argmin(axis=0)
+        return self.banks[0].to_maps(scores[task, np.arange(len(task))])
+
+
+def calibrate_head(head: Head, val_embeddings: np.ndarray) -> Thresholds:
+    """Thresholds from held-out normal captures, the rule the student's thresholds use."""
+    maps, scores = head.maps(val_embeddings)
+    head.thresholds = calibrate(maps, scores)
+    return head.thresholds
+
+
+def holdout_split(count: int, fraction: float = 0.1,
+                  seed: int = 0) -> tuple[np.ndarray, np.ndarray]:
+    """The student's split (training.loop.holdout_split, which lives beside torch)."""
+    order = np.random.default_rng(seed).permutation(count)
+    held = int(round(count * fraction))
+    if fraction > 0 and count >= 4:
+        held = max(held, 1)
+    return np.sort(order[held:]), np.sort(order[:held])
+
+
+# ---------------------------------------------------------------- serving
+class HeadInferencer(AnomalyInferencer):
+    """The features graph and a head in place of the merged student graph: the same
+    load -> preprocess -> forward -> predict path, so the verdict is decided alike."""
+
+    def __init__(self, runner: FeatureRunner, head: Head | TaskBanks) -> None:
+        if head.grid != runner.grid or head.image_size != runner.image_size:
+            raise HeadError("head was fitted on another feature grid or image size")
+        self.runner, self.head = runner, head
+        self.image_size = runner.image_size
+        self.session = runner.session
+
+    def forward(self, batch: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+        maps, scores = self.head.maps(self.runner.embed(batch))
+        return maps[:, None], scores

@@ -1,0 +1,91 @@
+"""A new product is inspected by its memory-bank head before any training, and by the
+student once the job promotes, without a failed request (real uvicorn subprocess)."""
+
+from __future__ import annotations
+
+import threading
+import time
+
+import httpx
+from prometheus_client.parser import text_string_to_metric_families
+
+from edge_runtime.daemon_process import Daemon
+
+MAX_BYTES = 1_000_000
+
+
+def _first_verdict(daemon: Daemon, product_id: int, image, timeout: float = 180) -> dict:
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        response = daemon.inspect(product_id, image)
+        if response.status_code == 200:
+            return response.json()
+        assert response.status_code == 409, response.text  # not fitted yet
+        time.sleep(0.2)
+    raise TimeoutError("the head never answered")
+
+
+def test_head_serves_before_training_and_the_student_takes_over(tmp_path, data_root):
+    daemon = Daemon(tmp_path / "data", env={"EDGE_RUNTIME_HEADS_MAX_BYTES": str(MAX_BYTES)})
+    daemon.start()
+    try:
+        c = daemon.client
+        product = c.post("/products", json={"name": "bottle"}).json()["id"]
+        good = data_root / "bottle" / "test" / "good" / "000.png"
+        defect = data_root / "bottle" / "test" / "broken_large" / "000.png"
+        assert daemon.inspect(product, good).status_code == 409  # no captures, no head
+
+        captures = sorted((data_root / "bottle" / "train" / "good").glob("*.png"))[:24]
+        assert daemon.upload(product, captures).status_code == 201
+        first = _first_verdict(daemon, product, good)  # no POST /train anywhere before
+        assert first["head"] == "padim" and first["model_version"] == "head-padim"
+        assert first["verdict"] in ("pass", "reject")
+        bad = daemon.inspect(product, defect).json()
+        assert bad["head"] == "padim" and bad["score"] > first["score"]
+        assert c.get(bad["map_url"]).status_code == 200
+
+        status = c.get("/status").json()
+        assert status["products"][0]["served_by"] == "padim"
+        assert status["products"][0]["trained"] is False
+        state = c.get(f"/products/{product}/head").json()
+        assert state["status"] == "ready" and state["captures"] == 24
+        assert 0 < state["bytes"] <= MAX_BYTES and status["heads"]["bytes"] == state["bytes"]
+        assert (tmp_path / "data" / "heads" / f"{product}.npz").stat().st_size == state["bytes"]
+        assert status["torch_imported"] is False
+        gauges = {sample.name: sample.value for family in
+                  text_string_to_metric_families(c.get("/metrics").text)
+                  for sample in family.samples}
+        assert gauges["edge_runtime_head_bytes"] == state["bytes"]
+
+        # train while a line keeps inspecting: no request fails across the promotion
+        answers: list[tuple[int, str | None]] = []
+        stop = threading.Event()
+
+        def line() -> None:
+            with httpx.Client(base_url=daemon.url, timeout=60) as client:
+                while not stop.is_set():
+                    response = client.post("/inspect", data={"product": str(product)},
+                                           files={"file": (good.name, good.read_bytes())})
+                    answers.append((response.status_code, response.json().get("head")))
+                    time.sleep(0.2)
+
+        thread = threading.Thread(target=line)
+        thread.start()
+        try:
+            job = c.post(f"/products/{product}/train", json={"epochs": 2}).json()
+            job = daemon.wait_job(job["id"])
+            assert job["status"] == "succeeded", job
+            daemon.wait_live(job["version"])
+            time.sleep(1.0)
+        finally:
+            stop.set()
+            thread.join()
+        assert answers and all(code == 200 for code, _ in answers), answers
+        heads = [head for _, head in answers]
+        assert heads[0] == "padim" and heads[-1] == "student"
+        assert heads == sorted(heads, key=lambda h: h == "student")  # one switch, no flapping
+        after = daemon.inspect(product, good).json()
+        assert after["head"] == "student" and after["model_version"] == job["version"]
+        assert c.get("/status").json()["products"][0]["served_by"] == "student"
+    finally:
+        daemon.stop()
