@@ -29,7 +29,14 @@ import time
 from pathlib import Path
 
 import psutil
-from _common import REPO, SHARED, emit_json, print_table
+from _common import (
+    REPO,
+    SHARED,
+    current_peak_rss_mb,
+    emit_json,
+    print_table,
+    reset_peak_rss,
+)
 from tqdm import tqdm
 
 PHASES = ["start", "features", "training", "saving", "calibrating", "idle"]
@@ -247,6 +254,7 @@ def child_epochs(args: argparse.Namespace) -> dict:
     import numpy as np
 
     from edge_runtime.dataset import train_images
+    from edge_runtime.memory import trim_heap
     from edge_runtime.replay.codecs import make_codec
     from edge_runtime.replay.store import ReplayStore
     from edge_runtime.training.bundle import ModelBundle
@@ -260,20 +268,29 @@ def child_epochs(args: argparse.Namespace) -> dict:
     config = TrainConfig(epochs=args.epochs)
     train, val = holdout_split(len(features), config.val_fraction, config.seed)
     initial = copy.deepcopy(bundle.student.state_dict())
-    variants = {"before": (False, False), "after": (True, False), "nhwc": (True, True)}
+    variants = {"before": (False, False, False), "after": (True, False, False),
+                "nhwc": (True, True, False), "checkpoint": (True, False, True)}
     seconds: dict[str, list[float]] = {name: [] for name in variants}
     curves: dict[str, list[float]] = {}
+    peaks: dict[str, float] = {}
     for _ in range(2):  # interleaved rounds: the machine's load hits all alike
-        for name, (cache, channels_last) in variants.items():
+        for name, (cache, channels_last, checkpoint) in variants.items():
             bundle.student.load_state_dict(initial)
             trainer = StudentTrainer(bundle.teacher, bundle.student, config,
-                                     cache_targets=cache, channels_last=channels_last)
+                                     cache_targets=cache, channels_last=channels_last,
+                                     checkpoint=checkpoint)
+            trim_heap()
+            start_mb = psutil.Process().memory_info().rss / MB
+            reset_peak_rss()
             result = trainer.fit(features[train], features[val], store)
+            peaks[name] = max(peaks.get(name, 0.0), current_peak_rss_mb() - start_mb)
             seconds[name].append(result.seconds / result.epochs_run)
             curves[name] = [h["loss"] for h in result.history]
     diff = float(np.max(np.abs(np.subtract(curves["before"], curves["after"]))))
     return {"epoch_seconds_before": float(np.median(seconds["before"])),
             "epoch_seconds_nhwc": float(np.median(seconds["nhwc"])),
+            "epoch_seconds_checkpoint": float(np.median(seconds["checkpoint"])),
+            "fit_peak_increase_mb": peaks,
             "epoch_seconds": float(np.median(seconds["after"])),
             "loss_before": curves["before"], "loss_after": curves["after"],
             "loss_max_abs_diff": diff, "train_images": int(len(train))}
@@ -343,6 +360,15 @@ def main() -> None:
                   f"{before / epochs['epoch_seconds']:.2f}x",
                   f"{epochs['loss_max_abs_diff']:.2e}", epochs["epoch_seconds_nhwc"],
                   f"{before / epochs['epoch_seconds_nhwc']:.2f}x"]])
+    increase = epochs["fit_peak_increase_mb"]
+    print_table(["training variant (same data)", "peak RSS above start MB", "epoch s"],
+                [["teacher each step (before)", round(increase["before"]),
+                  epochs["epoch_seconds_before"]],
+                 ["teacher cached (default)", round(increase["after"]), epochs["epoch_seconds"]],
+                 ["cached + NHWC (opt-in)", round(increase["nhwc"]),
+                  epochs["epoch_seconds_nhwc"]],
+                 ["cached + block checkpoints (opt-in, exact)", round(increase["checkpoint"]),
+                  epochs["epoch_seconds_checkpoint"]]])
     print(f"learn_seconds (POST train -> v serving, {args.second}, with replay): "
           f"{daemon['learn_seconds']:.1f}")
     print("targets: worker <= 400 MB, API during a job <= 120 MB, API+worker <= 512 MB, "
@@ -355,6 +381,7 @@ def main() -> None:
         "epoch_seconds": round(epochs["epoch_seconds"], 3),
         "epoch_seconds_before": round(epochs["epoch_seconds_before"], 3),
         "epoch_seconds_nhwc": round(epochs["epoch_seconds_nhwc"], 3),
+        "epoch_seconds_checkpoint": round(epochs["epoch_seconds_checkpoint"], 3),
         "learn_seconds": round(daemon["learn_seconds"], 1),
         "captures": args.captures, "epochs": args.epochs,
     })

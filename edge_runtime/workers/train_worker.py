@@ -134,7 +134,8 @@ def train(job: JobInput, settings: Settings, layout: DataLayout, reporter: JobRe
     if previous:
         bundle.load_student(previous)
     trainer = ContinualTrainer(bundle, "replay", cfg.codec, layout.replay, cfg.replay_samples,
-                               TrainConfig(epochs=job.epochs, seed=cfg.seed))
+                               TrainConfig(epochs=job.epochs, seed=cfg.seed),
+                               checkpoint=cfg.low_memory)
     macs = inference_macs(bundle.spec, bundle.trunk, bundle.teacher, bundle.student)
     return learn_product(
         trainer, job.product, job.images, layout.models / f"v{job.job_id:06d}", job.earlier,
