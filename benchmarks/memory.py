@@ -20,6 +20,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import shutil
 import sqlite3
 import subprocess
 import sys
@@ -206,6 +207,7 @@ def run_daemon(args: argparse.Namespace) -> dict:
     finally:
         stop.set()
         daemon.stop()
+        shutil.rmtree(data_dir.parent, ignore_errors=True)
     return {"sampler": sampler, "learn_seconds": learn_seconds, "jobs": [job1, job2],
             "inspections": counts, "status": status}
 
@@ -244,6 +246,7 @@ def child_stfpm(args: argparse.Namespace) -> dict:
     second = train_images(args.data, args.second, args.captures)
     learn_product(trainer, "bottle", first, work / "v1")
     learned = learn_product(trainer, args.second, second, work / "v2", {"bottle": first})
+    shutil.rmtree(work, ignore_errors=True)
     return {"epochs_run": learned.result.epochs_run}
 
 
@@ -286,6 +289,7 @@ def child_epochs(args: argparse.Namespace) -> dict:
             peaks[name] = max(peaks.get(name, 0.0), current_peak_rss_mb() - start_mb)
             seconds[name].append(result.seconds / result.epochs_run)
             curves[name] = [h["loss"] for h in result.history]
+    shutil.rmtree(work, ignore_errors=True)
     diff = float(np.max(np.abs(np.subtract(curves["before"], curves["after"]))))
     return {"epoch_seconds_before": float(np.median(seconds["before"])),
             "epoch_seconds_nhwc": float(np.median(seconds["nhwc"])),
