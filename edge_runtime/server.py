@@ -18,6 +18,9 @@ def serve(config: str | None, data_dir: str | None, host: str | None, port: int 
         print(f"edge-runtime: configuration error: {exc}", file=sys.stderr)
         return 2
     from edge_runtime.api.app import create_app
+    from edge_runtime.memory import limit_malloc_arenas
+
+    limit_malloc_arenas()  # before uvicorn's and ORT's threads: ~25 MB less RSS
     from edge_runtime.systemd import Notifier
 
     app = create_app(settings, notifier=Notifier.from_environment())

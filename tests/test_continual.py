@@ -22,6 +22,15 @@ class CountingReplay:
         self.batches.append(batch.shape)
         return batch
 
+    def decode_all(self):  # the teacher-target cache decodes the store once
+        self.decoded = self.inner.decode_all()
+        return self.decoded
+
+    def sample_indices(self, rng, count):  # ... then draws rows of it per step
+        picks = self.inner.sample_indices(rng, count)
+        self.batches.append((len(picks), *self.decoded.shape[1:]))
+        return picks
+
 
 @pytest.fixture(scope="module")
 def paste_bundle(backbone_files):

@@ -21,9 +21,24 @@ def daemon(tmp_path_factory):
     d.stop()
 
 
-def _train(daemon, product_id: int, epochs: int = 2) -> dict:
+def _worker_memory_while_running(daemon, job_id: int) -> dict | None:
+    """/status's view of the worker's RSS, once the worker has started the job."""
+    deadline = time.monotonic() + 120
+    while time.monotonic() < deadline:
+        status = daemon.client.get("/status").json()
+        if status["worker"] or (status["job"] or {}).get("id") != job_id:
+            return status["worker"]
+        time.sleep(0.2)
+    return None
+
+
+def _train(daemon, product_id: int, epochs: int = 2, watch_worker: bool = False) -> dict:
     response = daemon.client.post(f"/products/{product_id}/train", json={"epochs": epochs})
     assert response.status_code == 202, response.text
+    if watch_worker:
+        worker = _worker_memory_while_running(daemon, response.json()["id"])
+        assert worker is not None, "/status never reported the training worker's RSS"
+        assert 20 < worker["rss_mb"] <= worker["peak_rss_mb"] < 4096, worker
     job = daemon.wait_job(response.json()["id"])
     assert job["status"] == "succeeded", job
     daemon.wait_live(job["version"])
@@ -61,7 +76,7 @@ def test_operator_flow_two_products(daemon, data_root, tmp_path):
     transistor = c.post("/products", json={"name": "transistor"}).json()
     daemon.upload(transistor["id"],
                   sorted((data_root / "transistor" / "train" / "good").glob("*.png"))[:16])
-    second = _train(daemon, transistor["id"])
+    second = _train(daemon, transistor["id"], watch_worker=True)
     assert second["version"] != first["version"]
     again = daemon.inspect("bottle", defect)
     assert again.status_code == 200 and again.json()["model_version"] == second["version"]
@@ -73,6 +88,7 @@ def test_operator_flow_two_products(daemon, data_root, tmp_path):
     assert status["inference_latency"]["count"] >= 4
     assert status["torch_imported"] is False
     assert status["rss_mb"] < 250
+    assert status["worker"] is None  # no job, no worker
     samples = {(s.name, tuple(sorted(s.labels.items()))): s.value
                for family in text_string_to_metric_families(c.get("/metrics").text)
                for s in family.samples}

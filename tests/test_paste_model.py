@@ -56,6 +56,22 @@ def test_macs_match_the_papers(backbone_files):
     assert round(paste["total"] / 1e6, 1) == 159.0
 
 
+def test_hooked_macs_equal_torch_flop_counter(paste_parts):
+    """The worker's hook count (no FlopCounterMode, ~80 MB less RSS) is torch's count."""
+    from edge_runtime.model.macs import _count
+
+    trunk, teacher, student = paste_parts
+    image = torch.zeros(1, 3, 256, 256)
+    with torch.no_grad():
+        features = trunk(image)
+        expected = {"trunk": _count(lambda: trunk(image)),
+                    "teacher_tail": _count(lambda: teacher(features)),
+                    "student_tail": _count(lambda: student(features))}
+    counted = inference_macs(ModelSpec.paste(), *paste_parts)
+    assert counted == expected | {"total": sum(expected.values())}
+    assert counted["total"] == 207_728_640
+
+
 def test_training_step_macs_exclude_the_cached_trunk(paste_parts):
     step = training_step_macs(ModelSpec.paste(), *paste_parts, batch_size=2)
     forward = inference_macs(ModelSpec.paste(), *paste_parts)["student_tail"]

@@ -1,1 +1,2 @@
-"""Test-set metrics (scikit-learn, scipy): benchmarks and the CLI, never the daemon."""
+"""Test-set metrics (numpy; scipy for AU-PRO's regions): benchmarks and the CLI, never
+the daemon."""

@@ -24,32 +24,36 @@ def evaluate(
     progress: Callable[[int, int], None] | None = None,
     with_aupro: bool = True,
 ) -> dict[str, float]:
-    """All metrics on ``category``'s test set; operational F1 when thresholds are given."""
+    """All metrics on ``category``'s test set; operational F1 when thresholds are given.
+
+    Streams: each batch's maps go into ``metrics.PixelCurves`` and are dropped, so RAM
+    stays flat whatever the size of the test set."""
     samples = test_samples(Path(data_root), category, limit_per_kind)
     size = inferencer.image_size
-    maps = np.empty((len(samples), size, size), dtype=np.float32)
     scores = np.empty(len(samples), dtype=np.float32)
     rejected = np.zeros(len(samples), dtype=bool)
+    pixels = metrics.PixelCurves(thresholds.pixel if thresholds else None, with_aupro)
     for start in range(0, len(samples), 8):
         part = samples[start : start + 8]
         predictions = inferencer.predict_many([s.image for s in part], thresholds)
         for offset, result in enumerate(predictions):
-            maps[start + offset], scores[start + offset] = result.anomaly_map, result.score
+            scores[start + offset] = result.score
             rejected[start + offset] = result.label == REJECT
+        pixels.add(np.stack([load_mask(s.mask, size) for s in part]),
+                   np.stack([r.anomaly_map for r in predictions]))
         if progress:
             progress(start + len(part), len(samples))
-    masks = np.stack([load_mask(s.mask, size) for s in samples])
     labels = np.array([s.is_anomalous for s in samples])
     out = {
         "image_auroc": metrics.auroc(labels, scores),
         "image_f1": metrics.f1_max(labels, scores),
-        "pixel_auroc": metrics.auroc(masks, maps),
-        "pixel_f1": metrics.f1_max(masks, maps),
-        "pixel_ap": metrics.average_precision(masks, maps),
-        "aupro": metrics.aupro(masks, maps) if with_aupro else float("nan"),
+        "pixel_auroc": pixels.auroc(),
+        "pixel_f1": pixels.f1_max(),
+        "pixel_ap": pixels.average_precision(),
+        "aupro": pixels.aupro() if with_aupro else float("nan"),
         "test_images": len(samples),
     }
     if thresholds:
         out["operational_image_f1"] = metrics.f1_of(labels, rejected)
-        out["operational_pixel_f1"] = metrics.f1_at(masks, maps, thresholds.pixel)
+        out["operational_pixel_f1"] = pixels.operational_f1()
     return out

@@ -20,10 +20,16 @@ from edge_runtime.inference.thresholds import Thresholds, calibrate
 Image = bytes | str | os.PathLike[str] | np.ndarray  # encoded bytes, a path, or uint8 HxWx3 RGB
 
 
-def session_options(threads: int = 0, spinning: bool = False) -> ort.SessionOptions:
+def session_options(threads: int = 0, spinning: bool = False,
+                    arena: bool = True) -> ort.SessionOptions:
     """Spinning off by default: spinning threads starve the training worker and the HTTP
-    threads on a 2-core board; on an otherwise idle core it buys ~1.5 ms per image."""
+    threads on a 2-core board; on an otherwise idle core it buys ~1.5 ms per image.
+
+    ``arena=False`` for short-lived sessions (training's trunk extraction, calibration):
+    the CPU arena keeps the largest activations it ever held until the session dies."""
     options = ort.SessionOptions()
+    options.enable_cpu_mem_arena = arena
+    options.enable_mem_pattern = arena  # without an arena: free each tensor after use
     options.intra_op_num_threads = threads
     options.inter_op_num_threads = 1
     options.execution_mode = ort.ExecutionMode.ORT_SEQUENTIAL
@@ -39,12 +45,13 @@ CPU = ("CPUExecutionProvider",)
 
 def open_session(
     path: str | os.PathLike[str], threads: int = 0, spinning: bool = False,
-    providers: Sequence[str] = CPU,
+    providers: Sequence[str] = CPU, arena: bool = True,
 ) -> ort.InferenceSession:
     """``providers`` in order of preference (the ``model.providers`` setting, checked at
     start-up); ORT falls back along the list, CPU last."""
     return ort.InferenceSession(
-        str(path), sess_options=session_options(threads, spinning), providers=list(providers),
+        str(path), sess_options=session_options(threads, spinning, arena),
+        providers=list(providers),
     )
 
 
@@ -65,9 +72,10 @@ class AnomalyInferencer:
         threads: int = 0,
         spinning: bool = False,
         providers: Sequence[str] = CPU,
+        arena: bool = True,
     ) -> None:
         self.image_size = image_size
-        self.session = open_session(graph_path, threads, spinning, providers)
+        self.session = open_session(graph_path, threads, spinning, providers, arena)
 
     def load(self, source: Image) -> np.ndarray:
         """uint8 (S, S, 3) RGB: decoded and resized once (the overlay reuses it)."""
@@ -108,11 +116,14 @@ class AnomalyInferencer:
 
 
 class TrunkRunner:
-    """The frozen trunk in ORT: its output is what training caches and replay stores."""
+    """The frozen trunk in ORT: its output is what training caches and replay stores.
+
+    No arena: the training worker runs it for one phase, and an arena would hold the
+    early layers' 128x128 activations through training."""
 
     def __init__(self, graph_path: str | os.PathLike[str], image_size: int, threads: int = 0):
         self.image_size = image_size
-        self.session = open_session(graph_path, threads)
+        self.session = open_session(graph_path, threads, arena=False)
 
     def features(self, batch: np.ndarray) -> np.ndarray:
         return self.session.run(["features"], {"image": batch})[0]
@@ -125,12 +136,16 @@ class TrunkRunner:
     ) -> np.ndarray:
         """Trunk output for every image, one batch of decoded images in RAM at a time.
 
-        Batch 4: ORT's arena keeps the peak activations of the 128x128 early layers, and
-        batch 16 costs ~100 MB more RSS for no speed (measured on 2 cores)."""
-        chunks = []
+        Batch 4: the early layers' 128x128 activations grow with the batch, and batch 16
+        costs ~100 MB more RSS for no speed (measured on 2 cores). The output is written
+        into one preallocated array (no list of chunks, no concatenated copy)."""
+        out: np.ndarray | None = None
         for start in range(0, len(sources), batch_size):
             part = sources[start : start + batch_size]
-            chunks.append(self.features(np.stack([preprocess(s, self.image_size) for s in part])))
+            chunk = self.features(np.stack([preprocess(s, self.image_size) for s in part]))
+            if out is None:
+                out = np.empty((len(sources), *chunk.shape[1:]), chunk.dtype)
+            out[start : start + len(chunk)] = chunk
             if progress:
                 progress(min(start + batch_size, len(sources)), len(sources))
-        return np.concatenate(chunks) if chunks else np.zeros((0,), np.float32)
+        return out if out is not None else np.zeros((0,), np.float32)

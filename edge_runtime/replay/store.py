@@ -180,21 +180,45 @@ class ReplayStore:
             raise KeyError(product)
         return self._decode(group, np.arange(group.count))
 
-    def sample(self, rng: np.random.Generator, count: int) -> np.ndarray:
-        """``count`` samples drawn uniformly over everything stored, decoded; only this
-        batch is ever decoded into RAM."""
+    def sample_indices(self, rng: np.random.Generator, count: int) -> np.ndarray:
+        """The indices (into ``decode_all()``) that ``sample`` would decode, in its order:
+        the same draws from ``rng``, so a trainer holding decoded samples sees the same
+        batches."""
         total = len(self)
         if total == 0:
             raise ReplayStoreError("the replay store is empty")
         picks = np.sort(rng.choice(total, size=count, replace=count > total))
+        return picks[rng.permutation(len(picks))]
+
+    def sample(self, rng: np.random.Generator, count: int) -> np.ndarray:
+        """``count`` samples drawn uniformly over everything stored, decoded; only this
+        batch is ever decoded into RAM."""
+        return self.decode(self.sample_indices(rng, count))
+
+    def decode(self, indices: np.ndarray) -> np.ndarray:
+        """The samples at ``indices`` (numbered across products in store order), decoded,
+        in the order given."""
+        indices = np.asarray(indices, dtype=np.int64)
+        order = np.argsort(indices, kind="stable")
+        chosen = indices[order]
         starts = np.cumsum([0] + [g.count for g in self.groups])
+        if len(chosen) and (chosen[0] < 0 or chosen[-1] >= starts[-1]):
+            raise IndexError("replay sample index out of range")
         parts = []
         for index, group in enumerate(self.groups):
-            rows = picks[(picks >= starts[index]) & (picks < starts[index + 1])] - starts[index]
+            rows = chosen[(chosen >= starts[index]) & (chosen < starts[index + 1])]
             if len(rows):
-                parts.append(self._decode(group, rows))
-        batch = np.concatenate(parts)
-        return batch[rng.permutation(len(batch))]
+                parts.append(self._decode(group, rows - starts[index]))
+        decoded = np.concatenate(parts)
+        batch = np.empty_like(decoded)
+        batch[order] = decoded
+        return batch
+
+    def decode_all(self) -> np.ndarray:
+        """Every stored sample, decoded, in ``sample_indices`` numbering."""
+        if not self.groups:
+            raise ReplayStoreError("the replay store is empty")
+        return self.decode(np.arange(len(self)))
 
     def accounting(self) -> dict:
         """Exact bytes: payload (the samples) and metadata (scales, codebooks) apart."""

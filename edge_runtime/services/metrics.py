@@ -54,6 +54,12 @@ class _StateCollector(Collector):
         yield gauge("uptime_seconds", "Seconds since the daemon started", s["uptime_seconds"])
         yield gauge("resident_memory_bytes", "RSS of the API process",
                     s["rss_mb"] * 2**20)
+        worker = s.get("worker")
+        if worker:
+            yield gauge("worker_resident_memory_bytes", "RSS of the training worker",
+                        worker["rss_mb"] * 2**20)
+            yield gauge("worker_peak_resident_memory_bytes", "Peak RSS of the training worker",
+                        worker["peak_rss_mb"] * 2**20)
         yield gauge("model_loaded", "1 when a model version serves",
                     int(s["model_version"] is not None))
         yield gauge("training_job_running", "1 while a training job runs",

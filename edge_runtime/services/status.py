@@ -19,6 +19,42 @@ from edge_runtime.services.models import ModelRegistry
 from edge_runtime.services.products import ProductService
 from edge_runtime.settings import Settings
 
+
+def _vm_hwm_mb(pid: int) -> float | None:
+    """The kernel's high-water mark of a process's RSS (Linux), so no spike is missed."""
+    try:
+        with open(f"/proc/{pid}/status") as handle:
+            for line in handle:
+                if line.startswith("VmHWM:"):
+                    return int(line.split()[1]) / 1024
+    except OSError:
+        pass
+    return None
+
+
+class WorkerMemory:
+    """Live and peak RSS of the running job's worker (its pid is on the job row).
+
+    Sampled on each /status and /metrics read; the peak is the kernel's VmHWM where there
+    is one, else the largest sample seen."""
+
+    def __init__(self) -> None:
+        self._job: int | None = None
+        self._peak = 0.0
+
+    def read(self, job: dict | None) -> dict | None:
+        if not job or not job.get("pid"):
+            return None
+        try:
+            rss = psutil.Process(job["pid"]).memory_info().rss / 2**20
+        except psutil.Error:
+            return None
+        if job["id"] != self._job:
+            self._job, self._peak = job["id"], 0.0
+        self._peak = max(self._peak, rss, _vm_hwm_mb(job["pid"]) or 0.0)
+        return {"pid": job["pid"], "rss_mb": round(rss, 1), "peak_rss_mb": round(self._peak, 1)}
+
+
 JOB_KEYS = ("id", "product_id", "status", "phase", "percent", "epoch", "epochs", "step",
             "steps", "loss", "eta_seconds", "cancel_requested")
 
@@ -31,6 +67,7 @@ class StatusService:
         self.jobs, self.inspections, self.camera, self.line = jobs, inspections, camera, line
         self.heads = heads
         self.started_at = time.time()
+        self.worker = WorkerMemory()
 
     def collect(self) -> dict:
         live = self.registry.live
@@ -43,6 +80,7 @@ class StatusService:
             "job": {k: job[k] for k in JOB_KEYS} if job else None,
             "uptime_seconds": round(time.time() - self.started_at, 1),
             "rss_mb": round(psutil.Process().memory_info().rss / 2**20, 1),
+            "worker": self.worker.read(job),  # the training worker's RSS, during a job
             "inference_latency": self.inspections.latency_stats(),
             "macs": live.manifest.training.get("macs") if live else None,
             "replay_store": read_accounting(self.settings.layout.replay),

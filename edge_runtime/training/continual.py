@@ -47,6 +47,15 @@ class TrunkReplay:
     def sample(self, rng: np.random.Generator, count: int) -> np.ndarray:
         return self.bundle.trunk_runner().features(self.store.sample(rng, count))
 
+    def sample_indices(self, rng: np.random.Generator, count: int) -> np.ndarray:
+        return self.store.sample_indices(rng, count)
+
+    def decode_all(self) -> np.ndarray:
+        """Trunk features of every stored image, a few decoded images at a time."""
+        runner, total = self.bundle.trunk_runner(), len(self.store)
+        return np.concatenate([runner.features(self.store.decode(np.arange(i, min(i + 4, total))))
+                               for i in range(0, total, 4)])
+
 
 @dataclass
 class TaskData:
@@ -72,6 +81,10 @@ class ContinualTrainer:
     capacity: int = 100
     config: TrainConfig = field(default_factory=TrainConfig)
     codec_params: dict = field(default_factory=dict)
+    # the teacher's outputs held per image (loop.TeacherTargets): PaSTe's are smaller than
+    # a step's activations; STFPM's (from the raw image on) are not, so it recomputes them
+    cache_targets: bool | None = None
+    checkpoint: bool = False  # loop.StudentTrainer: exact, -170 MB peak, slower steps
     store: ReplayStore | None = field(init=False, default=None)
     _seen: list[TaskData] = field(init=False, default_factory=list)
 
@@ -121,7 +134,10 @@ class ContinualTrainer:
         else:
             train, val = task.features[task.train_index], task.features[task.val_index]
         replay = self._replay_source() if self.strategy == "replay" else None
-        trainer = StudentTrainer(self.bundle.teacher, self.bundle.student, self.config)
+        cache = self.bundle.spec.mode == "paste" if self.cache_targets is None \
+            else self.cache_targets
+        trainer = StudentTrainer(self.bundle.teacher, self.bundle.student, self.config, cache,
+                                 checkpoint=self.checkpoint)
         result = trainer.fit(train, val, replay, on_progress, should_stop)
         if self.store is not None:
             self.store.add(task.product, self._store_samples(task))

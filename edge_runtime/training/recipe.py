@@ -77,7 +77,7 @@ def learn_product(
     directory = bundle.save(target, training=info | (training_info or {}))
     hooks.phase("calibrating")
     inferencer = AnomalyInferencer(directory / md.MERGED, bundle.spec.image_size,
-                                   bundle.threads)
+                                   bundle.threads, arena=False)  # one pass: no arena
     normals = {name: heldout_images(paths, trainer.config)
                for name, paths in (earlier or {}).items() if name != product and paths}
     normals[product] = task.val_images or task.images

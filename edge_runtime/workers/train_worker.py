@@ -23,6 +23,7 @@ from pathlib import Path
 from edge_runtime.data_layout import DataLayout
 from edge_runtime.dataset import spread
 from edge_runtime.inference import model_dir as md
+from edge_runtime.memory import limit_malloc_arenas, trim_heap
 from edge_runtime.settings import Settings
 from edge_runtime.storage import repositories as repo
 from edge_runtime.storage.db import Database
@@ -165,6 +166,7 @@ def load_job(db: Database, layout: DataLayout, job_id: int, settings: Settings) 
 
 def train(job: JobInput, settings: Settings, layout: DataLayout, reporter: JobReporter):
     """The recipe, continuing from the live student, with replay of earlier products."""
+    limit_malloc_arenas()  # before torch and ORT start their threads
     import torch
 
     from edge_runtime.model.macs import inference_macs
@@ -177,6 +179,11 @@ def train(job: JobInput, settings: Settings, layout: DataLayout, reporter: JobRe
 
     cfg = settings.training
     torch.set_num_threads(cfg.threads)
+    torch.set_num_interop_threads(1)  # the loop has no parallel ops to overlap
+
+    def phase(name: str) -> None:
+        trim_heap()
+        reporter.phase(name)
     previous = layout.models / job.current if job.current else None
     spec = ModelSpec.from_dict(md.read_manifest(previous).spec) if previous else ModelSpec()
     bundle = ModelBundle(spec, resolve_backbone_files(settings.model.weights_dir or None),
@@ -184,7 +191,8 @@ def train(job: JobInput, settings: Settings, layout: DataLayout, reporter: JobRe
     if previous:
         bundle.load_student(previous)
     trainer = ContinualTrainer(bundle, "replay", cfg.codec, layout.replay, cfg.replay_samples,
-                               TrainConfig(epochs=job.epochs, seed=cfg.seed))
+                               TrainConfig(epochs=job.epochs, seed=cfg.seed),
+                               checkpoint=cfg.low_memory)
     for name in job.forget:  # deleted products: no longer rehearsed
         if trainer.store is not None:
             trainer.store.remove(name)
@@ -194,7 +202,7 @@ def train(job: JobInput, settings: Settings, layout: DataLayout, reporter: JobRe
     return learn_product(
         trainer, job.product, job.images, layout.models / f"v{job.job_id:06d}", job.earlier,
         training_info={"job": job.job_id, "macs": macs, "codec": cfg.codec},
-        hooks=Hooks(phase=reporter.phase, features=reporter.features,
+        hooks=Hooks(phase=phase, features=reporter.features,
                     progress=reporter.progress, should_stop=reporter.should_stop))
 
 
