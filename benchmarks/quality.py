@@ -95,25 +95,31 @@ def image_split(count: int, seed: int, fraction: float = 0.15, cap: int = 40):
 
 
 def synthetic_anomaly(rgb, rng):
-    """CutPaste / scar: a colour-jittered patch of the image pasted elsewhere; its mask."""
+    """A CutPaste-style defect: a patch (or thin scar) of the same image, slightly
+    recoloured and partly blended, pasted elsewhere; returns (image, mask).
+
+    Kept subtle on purpose (small, mild jitter, partial opacity): obvious pastes saturate
+    every variant at AUROC 1.0 and cannot rank them.
+    """
     import numpy as np
 
     size = rgb.shape[0]
     out, mask = rgb.astype(np.float32).copy(), np.zeros(rgb.shape[:2], bool)
     if rng.random() < 0.5:  # patch
-        area = rng.uniform(0.005, 0.04) * size * size
+        area = rng.uniform(0.002, 0.02) * size * size
         aspect = math.exp(rng.uniform(math.log(0.3), math.log(3.3)))
         h, w = int(math.sqrt(area * aspect)), int(math.sqrt(area / aspect))
     else:  # scar
-        h, w = int(rng.uniform(0.1, 0.25) * size), int(rng.uniform(0.01, 0.03) * size) + 2
+        h, w = int(rng.uniform(0.06, 0.2) * size), int(rng.uniform(0.008, 0.02) * size) + 2
         if rng.random() < 0.5:
             h, w = w, h
     h, w = int(np.clip(h, 3, size // 2)), int(np.clip(w, 3, size // 2))
     sy, sx = rng.integers(0, size - h), rng.integers(0, size - w)
-    ty, tx = rng.integers(size // 8, size - h - size // 8), rng.integers(size // 8,
-                                                                         size - w - size // 8)
-    patch = out[sy : sy + h, sx : sx + w] * rng.uniform(0.6, 1.4, 3) + rng.uniform(-40, 40, 3)
-    out[ty : ty + h, tx : tx + w] = patch
+    margin = size // 8
+    ty, tx = rng.integers(margin, size - h - margin), rng.integers(margin, size - w - margin)
+    patch = out[sy : sy + h, sx : sx + w] * rng.uniform(0.85, 1.15, 3) + rng.uniform(-15, 15, 3)
+    alpha = rng.uniform(0.4, 1.0)
+    out[ty : ty + h, tx : tx + w] = alpha * patch + (1 - alpha) * out[ty : ty + h, tx : tx + w]
     mask[ty : ty + h, tx : tx + w] = True
     return np.clip(out, 0, 255).astype(np.uint8), mask
 
@@ -387,6 +393,8 @@ def run_recipe(recipe: Recipe, feats, eval_sets: list, size: int, seed: int, spe
         maps, scores = compose(layer_distances(teacher, student, feats_eval), recipe.map, size,
                                means)
         row = score_maps(maps, scores, masks, labels, threshold, fast)
+        row["scores"] = {"holdout": np.asarray(hold_scores).tolist(),
+                         "eval": np.asarray(scores).tolist(), "labels": labels.tolist()}
         row |= {"train_seconds": round(seconds, 1), "inference_macs": macs,
                 "threshold_method": how, "holdout_normals": int(len(hold_idx)),
                 "steps": info["steps"], "stopped": info["stopped"]}
@@ -427,11 +435,11 @@ def validation_set(cache: FeatureCache, images: list, size: int, seed: int):
 
     def make():
         made = [synthetic_anomaly(load_rgb(p, size), rng) for p in images]
-        np.save(cache._path("mask|" + "|".join(map(str, images))), np.stack([m for _, m in made]))
+        np.save(cache._path("mask2|" + "|".join(map(str, images))), np.stack([m for _, m in made]))
         return np.stack([normalise(img) for img, _ in made])
 
-    anomalous = cache.arrays("synth|" + "|".join(map(str, images)), make)
-    masks_path = cache._path("mask|" + "|".join(map(str, images)))
+    anomalous = cache.arrays("synth2|" + "|".join(map(str, images)), make)
+    masks_path = cache._path("mask2|" + "|".join(map(str, images)))
     if not masks_path.exists():
         make()
     masks = np.concatenate([np.zeros((len(images), size, size), bool), np.load(masks_path)])
@@ -475,6 +483,8 @@ def main() -> None:
                         default=Path(os.environ.get("TMPDIR", "/tmp")) / "edge-runtime-quality")
     parser.add_argument("--target-steps", type=int, default=None,
                         help="override the new schedule's planned steps")
+    parser.add_argument("--save-scores", type=Path, default=None,
+                        help="write each run's image scores and val-loss history here")
     parser.add_argument("--threads", type=int, default=1)
     parser.add_argument("--seed", type=int, default=0)
     args = parser.parse_args()
@@ -522,6 +532,12 @@ def main() -> None:
             out[recipe.name][category] = {k: rows[0][k] for k in KEYS}
             extra[recipe.name][category] = {k: rows[0][k] for k in rows[0] if k not in KEYS}
             extra[recipe.name][category]["history"] = info["history"]
+            scores = extra[recipe.name][category].pop("scores")
+            if args.save_scores:
+                args.save_scores.mkdir(parents=True, exist_ok=True)
+                target = args.save_scores / f"{recipe.name}_{category}.json"
+                target.write_text(json.dumps(scores | {"history": info["history"]}))
+            rows[0].pop("scores")
             tqdm.write(f"{category} {recipe.name}: " + json.dumps(
                 {k: (round(v, 4) if isinstance(v, float) else v) for k, v in rows[0].items()}))
     headers = ["recipe", "category", "pixAUROC", "imgAUROC", "AU-PRO", "pixF1", "opImgF1",
