@@ -14,7 +14,7 @@ from math import prod
 import torch
 from torch.utils.flop_counter import FlopCounterMode
 
-from edge_runtime.model.torch_model import ModelSpec, Tail, Trunk, stfpm_loss
+from edge_runtime.model.torch_model import MapHead, ModelSpec, Tail, Trunk, stfpm_loss
 
 
 def _conv_backward_flops(grad_out_shape, x_shape, w_shape, bias, stride, padding, dilation,
@@ -32,14 +32,18 @@ def _count(fn: Callable[[], object]) -> int:
 
 
 def inference_macs(spec: ModelSpec, trunk: Trunk, teacher: Tail, student: Tail) -> dict[str, int]:
-    """MACs of one image through trunk, teacher tail and student tail."""
+    """MACs of one image through trunk, teacher tail, student tail and the map head (its
+    Gaussian smoothing is a convolution; the papers' map has none, so 0 there)."""
     image = torch.zeros(1, 3, spec.image_size, spec.image_size)
+    head = MapHead(spec)
     with torch.no_grad():
         features = trunk(image)
+        outputs = teacher(features), student(features)
         parts = {
             "trunk": _count(lambda: trunk(image)),
             "teacher_tail": _count(lambda: teacher(features)),
             "student_tail": _count(lambda: student(features)),
+            "map": _count(lambda: head(*outputs)),
         }
     return parts | {"total": sum(parts.values())}
 
