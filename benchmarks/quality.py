@@ -278,7 +278,7 @@ def main() -> None:
     parser.add_argument("--categories", nargs="*", default=None)
     parser.add_argument("--quick", action="store_true", help="small subsets, ~1 minute")
     parser.add_argument("--ablation", action="store_true", help="levers on a validation split")
-    parser.add_argument("--recipes", nargs="*", default=None, help="ablation: only these")
+    parser.add_argument("--recipes", nargs="*", default=None, help="only these rows (e.g. new)")
     parser.add_argument("--max-train-images", type=int, default=None)
     parser.add_argument("--max-test-images", type=int, default=None, help="per defect kind")
     parser.add_argument("--cache", type=Path,
@@ -315,6 +315,8 @@ def main() -> None:
         steps = args.target_steps or (150 if args.quick else None)
         recipes = [PAPER, replace(NEW, train_overrides=(("target_steps", steps),) if steps
                                   else ())]
+        if args.recipes:
+            recipes = [r for r in recipes if r.name in args.recipes]
     out: dict = {r.name: {} for r in recipes}
     extra: dict = {r.name: {} for r in recipes}
     for category in categories:
