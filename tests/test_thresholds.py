@@ -91,3 +91,15 @@ def test_policy_rejects_nonsense():
         CalibrationPolicy("magic")
     with pytest.raises(ValueError):
         calibrate(np.zeros((0, 4, 4)), np.zeros(0))
+
+
+def test_tolerance_factor_and_binomial_match_scipy():
+    from scipy import stats
+
+    from edge_runtime.inference.thresholds import _binomial_cdf, tolerance_factor
+
+    for n, rel in ((5, 0.07), (10, 0.03), (21, 0.015), (44, 0.01)):
+        exact = stats.nct.ppf(0.9, df=n - 1, nc=stats.norm.ppf(0.95) * n**0.5) / n**0.5
+        assert tolerance_factor(n, 0.95, 0.9) == pytest.approx(exact, rel=rel)
+    np.testing.assert_allclose(_binomial_cdf(60, 0.95), stats.binom.cdf(np.arange(61), 60, 0.95),
+                               rtol=1e-9, atol=1e-12)
