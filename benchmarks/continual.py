@@ -30,10 +30,18 @@ METRICS = ["pixel_f1", "pixel_auroc", "pixel_ap", "aupro", "image_auroc", "image
            "operational_pixel_f1", "operational_image_f1"]
 
 
+MODELS = ("paste", "stfpm", "paste_new")  # paste_new: PaSTe with the new recipe (issue 16)
+
+
+def recipe_of(model: str) -> str:
+    """The papers' recipe for paste and stfpm (the rows that reproduce the papers)."""
+    return "new" if model.endswith("_new") else "paper"
+
+
 def all_runs(strategies: list[str] | None, models: list[str]) -> list[str]:
     runs = []
     for model in models:
-        allowed = PASTE_STRATEGIES if model == "paste" else STFPM_STRATEGIES
+        allowed = PASTE_STRATEGIES if model.startswith("paste") else STFPM_STRATEGIES
         runs += [f"{model}/{s}" for s in allowed if strategies is None or s in strategies]
     return runs
 
@@ -57,7 +65,7 @@ def run_one(run: str, args: argparse.Namespace) -> None:
     from edge_runtime.training.bundle import ModelBundle
     from edge_runtime.training.continual import ContinualTrainer
     from edge_runtime.training.loop import TrainConfig
-    from edge_runtime.training.recipe import Hooks, learn_product
+    from edge_runtime.training.recipe import Hooks, calibration_policy, learn_product
 
     model, strategy = run.split("/")
     out = args.out / "runs"
@@ -69,8 +77,11 @@ def run_one(run: str, args: argparse.Namespace) -> None:
         raise SystemExit(f"{state_path} was made with other settings; use another --out")
     state = state or {"run": run, "settings": _settings(args), "tasks": [], "matrix": [],
                       "train_seconds": [], "peak_rss_mb": 0.0}
-    spec = ModelSpec.paste() if model == "paste" else ModelSpec.stfpm()
-    config = TrainConfig(epochs=args.epochs, seed=args.seed)
+    recipe = recipe_of(model)
+    spec = (ModelSpec.stfpm if model == "stfpm" else ModelSpec.paste)(recipe=recipe)
+    fixed = {"epochs": args.epochs, "target_steps": 0} if recipe == "paper" or args.quick \
+        else {}
+    config = TrainConfig.for_recipe(recipe, seed=args.seed, **fixed)
     bundle = ModelBundle(spec, seed=args.seed, threads=args.threads, work_dir=ckpt)
     kind, codec = ("replay", strategy.removeprefix("replay_")) \
         if strategy.startswith("replay_") else (strategy, "fp32")
@@ -112,7 +123,8 @@ def run_one(run: str, args: argparse.Namespace) -> None:
                 trainer, category, images[category], ckpt / "model",
                 earlier={c: images[c] for c in categories[:step]},
                 hooks=Hooks(phase=on_phase, features=lambda d, t, b=fbar: b.update(d - b.n),
-                            progress=progress))
+                            progress=progress),
+                policy=calibration_policy(recipe))
         row = []
         inferencer = AnomalyInferencer(learned.directory / md.MERGED, spec.image_size,
                                        args.threads)
@@ -298,7 +310,7 @@ def write_reports(out: Path, runs: dict[str, dict]) -> None:
     from edge_runtime.atomic import atomic_write_bytes
 
     atomic_write_bytes(out / "results.json", json.dumps(runs, indent=1).encode())
-    joint = {m: runs.get(f"{m}/joint", {}).get("pixel_f1") for m in ("paste", "stfpm")}
+    joint = {m: runs.get(f"{m}/joint", {}).get("pixel_f1") for m in MODELS}
     head = ("| run | pixel F1 | op. pixel F1 | pixel AUROC | pixel AP | AU-PRO | image AUROC "
             "| image F1 | forgetting | gap to JT (pixel F1) | add. memory MB | arch. MB "
             "| inf. MMACs | train MMACs/step | train s | peak RSS MB | inf. ms |")
@@ -354,7 +366,9 @@ def main() -> None:
     parser.add_argument("--data", type=Path, default=SHARED / "data")
     parser.add_argument("--categories", default=None, help="comma-separated, in task order")
     parser.add_argument("--strategies", default=None, help="comma-separated (default all)")
-    parser.add_argument("--models", default=None, help="paste,stfpm (default both)")
+    parser.add_argument("--models", default=None,
+                        help="paste,stfpm (default both; the papers' recipe) and/or paste_new "
+                             "(PaSTe with the new recipe)")
     parser.add_argument("--epochs", type=int, default=10)
     parser.add_argument("--max-train-images", type=int, default=None)
     parser.add_argument("--max-test-images", type=int, default=None, help="per defect kind")
@@ -402,7 +416,7 @@ def main() -> None:
         summary = summarise(json.loads(path.read_text()))
         if summary:
             results[json.loads(path.read_text())["run"]] = summary
-    ordered = {r: results[r] for r in all_runs(None, ["paste", "stfpm"]) if r in results}
+    ordered = {r: results[r] for r in all_runs(None, list(MODELS)) if r in results}
     write_reports(args.out, ordered)
     emit_json({"runs": {name: {k: r[k] for k in (
         "pixel_f1", "pixel_auroc", "pixel_ap", "aupro", "image_auroc", "image_f1",

@@ -35,13 +35,15 @@ def cmd_fit(args: argparse.Namespace) -> int:
     from edge_runtime.training.bundle import ModelBundle
     from edge_runtime.training.continual import ContinualTrainer
     from edge_runtime.training.loop import TrainConfig
-    from edge_runtime.training.recipe import Hooks, learn_product
+    from edge_runtime.training.recipe import Hooks, calibration_policy, learn_product
 
-    spec = ModelSpec.stfpm() if args.mode == "stfpm" else ModelSpec.paste()
+    build = ModelSpec.stfpm if args.mode == "stfpm" else ModelSpec.paste
+    spec = build(recipe=args.recipe)
     images = train_images(Path(args.data), args.category, args.max_images)
     bundle = ModelBundle(spec, resolve_backbone_files(args.weights_dir), args.seed, args.threads)
-    trainer = ContinualTrainer(bundle, "finetune", config=TrainConfig(epochs=args.epochs,
-                                                                       seed=args.seed))
+    fixed = {"epochs": args.epochs, "target_steps": 0} if args.epochs else {}
+    config = TrainConfig.for_recipe(args.recipe, seed=args.seed, **fixed)
+    trainer = ContinualTrainer(bundle, "finetune", config=config)
     with tqdm(desc="trunk features", unit="img") as features, \
             tqdm(desc="training", unit="step") as steps:
 
@@ -54,8 +56,11 @@ def cmd_fit(args: argparse.Namespace) -> int:
         learned = learn_product(trainer, args.category, images, args.out,
                                 training_info={"category": args.category},
                                 hooks=Hooks(features=_bar_callback(features),
-                                            progress=on_progress))
+                                            progress=on_progress),
+                                policy=calibration_policy(args.recipe))
     thresholds = learned.thresholds[args.category]
+    if thresholds.warning:
+        print(f"edge-runtime: warning: {thresholds.warning}", file=sys.stderr)
     result = learned.result
     training = {"category": args.category, "images": len(images),
                 "epochs_run": result.epochs_run, "best_epoch": result.best_epoch,
@@ -122,7 +127,11 @@ def build_parser() -> argparse.ArgumentParser:
     fit.add_argument("--data", required=True, help="MVTec-layout root")
     fit.add_argument("--category", required=True)
     fit.add_argument("--out", required=True, help="model directory to write")
-    fit.add_argument("--epochs", type=int, default=10)
+    fit.add_argument("--recipe", choices=["new", "paper"], default="new",
+                     help="new: schedule, map and calibration chosen on validation data; "
+                          "paper: the papers' (10 epochs, max-pixel score, 1.1 x q99)")
+    fit.add_argument("--epochs", type=int, default=None,
+                     help="fixed epochs (default: paper 10; new: about 1000 steps)")
     fit.add_argument("--max-images", type=int, default=None)
     fit.add_argument("--mode", choices=["paste", "stfpm"], default="paste")
     fit.add_argument("--seed", type=int, default=0)

@@ -63,7 +63,8 @@ class ModelSettings:
 
 @dataclass(frozen=True)
 class TrainingSettings:
-    epochs: int = 10
+    recipe: str = "new"  # "new" (validated schedule, map, calibration) or "paper"
+    epochs: int = 10  # the paper recipe's epochs; a job may still ask for fixed epochs
     codec: str = "uint8_channel"  # replay codec of trunk features
     replay_samples: int = 100
     min_captures: int = 4
@@ -215,6 +216,7 @@ def validate(settings: Settings) -> Settings:
         (settings.api.max_upload_mb > 0, "api.max_upload_mb must be positive"),
         (settings.model.threads >= 0, "model.threads must be >= 0"),
         (settings.training.epochs >= 1, "training.epochs must be >= 1"),
+        (settings.training.recipe in ("new", "paper"), "training.recipe must be new or paper"),
         (settings.training.codec in REPLAY_FEATURE_CODECS,
          f"training.codec must be one of {', '.join(REPLAY_FEATURE_CODECS)}"),
         (settings.training.replay_samples >= 1, "training.replay_samples must be >= 1"),

@@ -84,7 +84,9 @@ def test_operator_flow_two_products(daemon, data_root, tmp_path):
     status = c.get("/status").json()
     assert [p["trained"] for p in status["products"]] == [True, True]
     assert set(status["replay_store"]["products"]) == {"bottle", "transistor"}
-    assert status["macs"]["total"] == 207_728_640
+    # the networks as in the papers, plus the new map head's smoothing (2 x 7 taps x 64^2)
+    assert status["macs"]["total"] == 207_728_640 + status["macs"]["map"]
+    assert status["macs"]["map"] == 57_344
     assert status["inference_latency"]["count"] >= 4
     assert status["torch_imported"] is False
     assert status["rss_mb"] < 250

@@ -49,11 +49,43 @@ def test_merged_ort_graph_matches_torch(paste_parts, tmp_path):
 
 
 def test_macs_match_the_papers(backbone_files):
-    stfpm = inference_macs(ModelSpec.stfpm(224), *build_parts(ModelSpec.stfpm(224), backbone_files))
+    spec = ModelSpec.stfpm(224, recipe="paper")
+    stfpm = inference_macs(spec, *build_parts(spec, backbone_files))
     assert round(stfpm["total"] / 1e6, 1) == 224.3
-    paste = inference_macs(ModelSpec.paste(224), *build_parts(ModelSpec.paste(224), backbone_files))
+    spec = ModelSpec.paste(224, recipe="paper")
+    paste = inference_macs(spec, *build_parts(spec, backbone_files))
     assert round(paste["trunk"] / 1e6, 1) == 65.3
     assert round(paste["total"] / 1e6, 1) == 159.0
+    assert paste["map"] == 0
+
+
+def test_new_map_costs_next_to_nothing(paste_parts):
+    """The new recipe's smoothing is the only extra convolution: < 0.1% of the MACs."""
+    new = inference_macs(ModelSpec.paste(), *paste_parts)
+    paper = inference_macs(ModelSpec.paste(recipe="paper"), *paste_parts)
+    assert new["map"] > 0 and paper["map"] == 0
+    assert new["total"] - paper["total"] == new["map"] < 0.001 * paper["total"]
+
+
+@pytest.mark.parametrize("recipe", ["new", "paper"])
+def test_score_follows_the_recipe(paste_parts, recipe):
+    """Papers: the max pixel. New: the mean of the top 1% of the smoothed map, which is
+    never above its max; both give a full-size map."""
+    model = PasteModel(ModelSpec.paste(recipe=recipe), *paste_parts).eval()
+    with torch.no_grad():
+        amap, score = model(torch.randn(2, 3, 256, 256))
+    assert tuple(amap.shape) == (2, 1, 256, 256)
+    peak = amap.amax(dim=(1, 2, 3))
+    if recipe == "paper":
+        torch.testing.assert_close(score, peak)
+    else:
+        assert bool((score < peak).all()) and bool((score > 0).all())
+
+
+def test_old_manifests_keep_the_papers_map():
+    old = {"mode": "paste", "split": 6, "feature_layers": [6, 10, 14], "image_size": 256}
+    assert ModelSpec.from_dict(old) == ModelSpec.paste(recipe="paper")
+    assert ModelSpec.from_dict(ModelSpec.paste().to_dict()) == ModelSpec.paste()
 
 
 def test_hooked_macs_equal_torch_flop_counter(paste_parts):

@@ -122,3 +122,33 @@ def test_cached_teacher_targets_give_the_same_training(backbone_files, tmp_path)
             assert a["val_loss"] == pytest.approx(b["val_loss"], rel=tolerance)
         assert torch.allclose(w_before, w_after, atol=10 * tolerance)
     assert w_after.is_contiguous()  # the student leaves training in the default layout
+
+
+def test_new_schedule_plans_epochs_from_the_data_and_decays():
+    config = TrainConfig.for_recipe("new")
+    assert config.planned_epochs(80) == 60  # 10 steps per epoch -> 600 steps
+    assert config.planned_epochs(800) == 6
+    assert config.planned_epochs(2) == config.max_epochs
+    assert TrainConfig.for_recipe("paper").planned_epochs(800) == 10
+    planned = 600
+    factors = [config.lr_factor(step, planned) for step in range(planned)]
+    assert factors[0] == pytest.approx(1 / 30) and factors[29] == pytest.approx(1.0)
+    assert all(a >= b for a, b in zip(factors[30:], factors[31:], strict=False))
+    assert factors[-1] < 1e-4
+    assert all(TrainConfig().lr_factor(s, planned) == 1.0 for s in (0, 500, 999))
+    with pytest.raises(ValueError):
+        TrainConfig.for_recipe("magic")
+
+
+def test_validations_are_spread_and_patience_needs_a_real_gain(backbone_files):
+    rng = np.random.default_rng(0)
+    features = rng.standard_normal((12, 24, 32, 32)).astype(np.float32)
+    _, teacher, student = build_parts(ModelSpec.paste(), backbone_files, seed=0)
+    # 2 steps per epoch, 16 planned epochs, validated every 4th; a 50% gain is required,
+    # so the patience of 2 validations ends training early
+    config = TrainConfig.for_recipe("new", target_steps=32, validations=4, patience=2,
+                                    min_delta=0.5, lr=0.05)
+    result = StudentTrainer(teacher, student, config).fit(features[:10], features[10:])
+    epochs = [h["epoch"] for h in result.history]
+    assert epochs == list(range(4, 4 * len(epochs) + 1, 4)) and len(epochs) < 4
+    assert result.best_val_loss == min(h["val_loss"] for h in result.history)

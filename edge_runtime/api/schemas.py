@@ -17,6 +17,8 @@ class ProductIn(BaseModel):
 class Thresholds(BaseModel):
     image: float | None = None
     pixel: float | None = None
+    warning: str | None = Field(default=None, description="calibrated on too few normals to "
+                                "promise the target false-reject rate; add good captures")
 
 
 class CalibratedThresholds(Thresholds):

@@ -15,7 +15,7 @@ import numpy as np
 import onnxruntime as ort
 
 from edge_runtime.inference.preprocess import fit_rgb, load_rgb, normalise, preprocess
-from edge_runtime.inference.thresholds import Thresholds, calibrate
+from edge_runtime.inference.thresholds import CalibrationPolicy, Thresholds, calibrate
 
 Image = bytes | str | os.PathLike[str] | np.ndarray  # encoded bytes, a path, or uint8 HxWx3 RGB
 
@@ -108,11 +108,13 @@ class AnomalyInferencer:
             results += self.postprocess(*self.forward(batch), thresholds)
         return results
 
-    def calibrate(self, normal_images: Sequence[Image]) -> Thresholds:
-        """Thresholds from held-out normal images only: nobody has defect labels on day one."""
+    def calibrate(self, normal_images: Sequence[Image],
+                  policy: CalibrationPolicy | None = None) -> Thresholds:
+        """Thresholds from held-out normal images only: nobody has defect labels on day one.
+        The default policy bounds the false-reject rate (see thresholds.py)."""
         results = self.predict_many(list(normal_images))
         return calibrate(np.stack([r.anomaly_map for r in results]),
-                         np.array([r.score for r in results]))
+                         np.array([r.score for r in results]), policy or CalibrationPolicy())
 
 
 class TrunkRunner:

@@ -17,7 +17,7 @@ import torch
 from torch import nn
 from torch.utils.flop_counter import FlopCounterMode
 
-from edge_runtime.model.torch_model import ModelSpec, Tail, Trunk, stfpm_loss
+from edge_runtime.model.torch_model import MapHead, ModelSpec, Tail, Trunk, stfpm_loss
 
 
 def _conv_backward_flops(grad_out_shape, x_shape, w_shape, bias, stride, padding, dilation,
@@ -59,14 +59,17 @@ def _forward_macs(module: nn.Module, x: torch.Tensor) -> tuple[int, object]:
 
 
 def inference_macs(spec: ModelSpec, trunk: Trunk, teacher: Tail, student: Tail) -> dict[str, int]:
-    """MACs of one image through trunk, teacher tail and student tail."""
+    """MACs of one image through trunk, teacher tail, student tail and the map head (its
+    Gaussian smoothing is a convolution; the papers' map has none, so 0 there)."""
     image = torch.zeros(1, 3, spec.image_size, spec.image_size)
+    head = MapHead(spec)
     with torch.no_grad():
         trunk_macs, features = _forward_macs(trunk, image)
         parts = {
             "trunk": trunk_macs,
             "teacher_tail": _forward_macs(teacher, features)[0],
             "student_tail": _forward_macs(student, features)[0],
+            "map": head.macs,
         }
     return parts | {"total": sum(parts.values())}
 

@@ -70,7 +70,8 @@ class ProductService:
             "description": product["description"], "created_at": product["created_at"],
             "captures": captures, "trained": calibrated is not None,
             "thresholds": calibrated and {"image": calibrated.image, "pixel": calibrated.pixel,
-                                          "normal_scores": list(calibrated.normal_scores)},
+                                          "normal_scores": list(calibrated.normal_scores),
+                                          "warning": calibrated.warning},
             "threshold_override": {"image": product["image_threshold_override"],
                                    "pixel": product["pixel_threshold_override"]},
         }

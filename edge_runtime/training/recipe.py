@@ -16,7 +16,7 @@ from pathlib import Path
 
 from edge_runtime.inference import model_dir as md
 from edge_runtime.inference.inferencer import AnomalyInferencer
-from edge_runtime.inference.thresholds import Thresholds
+from edge_runtime.inference.thresholds import PAPER_POLICY, CalibrationPolicy, Thresholds
 from edge_runtime.training.continual import ContinualTrainer, TaskData
 from edge_runtime.training.loop import Progress, TrainConfig, TrainResult, holdout_split
 
@@ -45,6 +45,17 @@ class LearnedProduct:
     task: TaskData
 
 
+RECIPES = ("new", "paper")
+
+
+def calibration_policy(recipe: str) -> CalibrationPolicy:
+    """``paper``: 1.1 x q99 of held-out scores. ``new``: a false-reject rate <= 5% with 90%
+    confidence (warned about when there are too few held-out normals to promise it)."""
+    if recipe not in RECIPES:
+        raise ValueError(f"recipe must be one of {RECIPES}, got {recipe!r}")
+    return PAPER_POLICY if recipe == "paper" else CalibrationPolicy()
+
+
 def heldout_images(images: Sequence[ImagePath], config: TrainConfig) -> list[Path]:
     """The held-out normal images of a product (the same split training used); all of
     them when there are too few to hold any out."""
@@ -60,6 +71,7 @@ def learn_product(
     earlier: Mapping[str, Sequence[ImagePath]] | None = None,
     training_info: dict | None = None,
     hooks: Hooks | None = None,
+    policy: CalibrationPolicy | None = None,
 ) -> LearnedProduct:
     """Learn ``product`` from its normal ``images`` and write the model to ``target``.
 
@@ -81,6 +93,6 @@ def learn_product(
     normals = {name: heldout_images(paths, trainer.config)
                for name, paths in (earlier or {}).items() if name != product and paths}
     normals[product] = task.val_images or task.images
-    thresholds = {name: inferencer.calibrate(paths) for name, paths in normals.items()}
+    thresholds = {name: inferencer.calibrate(paths, policy) for name, paths in normals.items()}
     md.set_thresholds(directory, thresholds)
     return LearnedProduct(directory, thresholds, result, task)

@@ -138,7 +138,7 @@ class JobInput:
     images: list[Path]
     earlier: dict[str, list[Path]]  # products the live model knows -> their captures
     current: str | None  # the live version the student continues from
-    epochs: int
+    epochs: int | None  # None: as the recipe plans it
     forget: list[str] = field(default_factory=list)  # deleted products the model still knows
 
 
@@ -161,7 +161,8 @@ def load_job(db: Database, layout: DataLayout, job_id: int, settings: Settings) 
     forget = sorted(name for name in known if name not in names)
     images = spread(captures[product["id"]], params.get("max_images", cfg.max_images))
     return JobInput(job_id, product["name"], images, earlier, current,
-                    params.get("epochs", cfg.epochs), forget)
+                    params.get("epochs", cfg.epochs if cfg.recipe == "paper" else None),
+                    forget)
 
 
 def train(job: JobInput, settings: Settings, layout: DataLayout, reporter: JobReporter):
@@ -175,7 +176,12 @@ def train(job: JobInput, settings: Settings, layout: DataLayout, reporter: JobRe
     from edge_runtime.training.bundle import ModelBundle
     from edge_runtime.training.continual import ContinualTrainer
     from edge_runtime.training.loop import TrainConfig
-    from edge_runtime.training.recipe import Hooks, heldout_images, learn_product
+    from edge_runtime.training.recipe import (
+        Hooks,
+        calibration_policy,
+        heldout_images,
+        learn_product,
+    )
 
     cfg = settings.training
     torch.set_num_threads(cfg.threads)
@@ -185,14 +191,16 @@ def train(job: JobInput, settings: Settings, layout: DataLayout, reporter: JobRe
         trim_heap()
         reporter.phase(name)
     previous = layout.models / job.current if job.current else None
-    spec = ModelSpec.from_dict(md.read_manifest(previous).spec) if previous else ModelSpec()
+    spec = (ModelSpec.from_dict(md.read_manifest(previous).spec) if previous
+            else ModelSpec.paste(recipe=cfg.recipe))
     bundle = ModelBundle(spec, resolve_backbone_files(settings.model.weights_dir or None),
                          cfg.seed, cfg.threads, work_dir=layout.job_work(job.job_id))
     if previous:
         bundle.load_student(previous)
+    fixed = {"epochs": job.epochs, "target_steps": 0} if job.epochs else {}
+    config = TrainConfig.for_recipe(cfg.recipe, seed=cfg.seed, **fixed)
     trainer = ContinualTrainer(bundle, "replay", cfg.codec, layout.replay, cfg.replay_samples,
-                               TrainConfig(epochs=job.epochs, seed=cfg.seed),
-                               checkpoint=cfg.low_memory)
+                               config, checkpoint=cfg.low_memory)
     for name in job.forget:  # deleted products: no longer rehearsed
         if trainer.store is not None:
             trainer.store.remove(name)
@@ -203,7 +211,8 @@ def train(job: JobInput, settings: Settings, layout: DataLayout, reporter: JobRe
         trainer, job.product, job.images, layout.models / f"v{job.job_id:06d}", job.earlier,
         training_info={"job": job.job_id, "macs": macs, "codec": cfg.codec},
         hooks=Hooks(phase=phase, features=reporter.features,
-                    progress=reporter.progress, should_stop=reporter.should_stop))
+                    progress=reporter.progress, should_stop=reporter.should_stop),
+        policy=calibration_policy(cfg.recipe))
 
 
 def run(job_id: int, settings: Settings, parent: int) -> int:

@@ -1,0 +1,364 @@
+"""Detection quality: the papers' recipe against the new one, per category, side by side.
+
+Single-product training on cached trunk features (trunk in ONNX Runtime, computed once per
+image and kept in ``--cache``), then pixel/image AUROC, AU-PRO, pixel F1 (max over
+thresholds), and what an operator sees: image F1 and false-reject rate at the threshold
+calibrated on held-out normal images only.
+
+Two modes:
+- default: each recipe trains on all training images of the category and is scored on its
+  test split (report it once; never choose anything on it).
+- ``--ablation``: the levers one at a time and combined, on a VALIDATION split carved from
+  the training images plus synthetic (CutPaste-style) anomalies made from it; the recipe
+  sees only the remaining training images. This is where choices are made.
+
+Last line: ``{"paper": {CATEGORY: {...}}, "new": {CATEGORY: {...}}}`` (ablation: one key per
+variant).
+"""
+
+from __future__ import annotations
+
+import argparse
+import hashlib
+import json
+import math
+import os
+from dataclasses import dataclass, replace
+from pathlib import Path
+
+from _common import SHARED, emit_json, print_table
+
+KEYS = ["pixel_auroc", "image_auroc", "aupro", "pixel_f1", "operational_image_f1",
+        "false_reject_rate", "train_seconds", "inference_macs"]
+
+
+# ---------------------------------------------------------------- recipes
+@dataclass(frozen=True)
+class Recipe:
+    """What a benchmark row trains and serves: schedule, map head, calibration policy."""
+
+    name: str
+    train: str = "paper"  # TrainConfig.for_recipe(train)
+    map: str = "paper"  # ModelSpec.paste(recipe=map)
+    calibration: str = "paper"  # "paper" or "frr" (CalibrationPolicy defaults)
+    train_overrides: tuple = ()
+
+    def config(self, seed: int):
+        from edge_runtime.training.loop import TrainConfig
+
+        return TrainConfig.for_recipe(self.train, seed=seed, **dict(self.train_overrides))
+
+    def spec(self):
+        from edge_runtime.model.torch_model import ModelSpec
+
+        return ModelSpec.paste(recipe=self.map)
+
+    def policy(self):
+        from edge_runtime.inference.thresholds import PAPER_POLICY, CalibrationPolicy
+
+        return PAPER_POLICY if self.calibration == "paper" else CalibrationPolicy()
+
+
+PAPER = Recipe("paper")
+NEW = Recipe("new", "new", "new", "frr")
+
+
+# ---------------------------------------------------------------- data and caches
+def image_split(count: int, seed: int, fraction: float = 0.15, cap: int = 40):
+    """(recipe, validation) indices for the ablation: the validation part never trains."""
+    import numpy as np
+
+    order = np.random.default_rng(seed + 1000).permutation(count)
+    held = min(cap, max(4, int(round(count * fraction))))
+    return np.sort(order[held:]), np.sort(order[:held])
+
+
+def synthetic_anomaly(rgb, rng):
+    """A CutPaste-style defect: a patch (or thin scar) of the same image, slightly
+    recoloured and partly blended, pasted elsewhere; returns (image, mask).
+
+    Kept subtle on purpose (small, mild jitter, partial opacity): obvious pastes saturate
+    every variant at AUROC 1.0 and cannot rank them.
+    """
+    import numpy as np
+
+    size = rgb.shape[0]
+    out, mask = rgb.astype(np.float32).copy(), np.zeros(rgb.shape[:2], bool)
+    if rng.random() < 0.5:  # patch
+        area = rng.uniform(0.002, 0.02) * size * size
+        aspect = math.exp(rng.uniform(math.log(0.3), math.log(3.3)))
+        h, w = int(math.sqrt(area * aspect)), int(math.sqrt(area / aspect))
+    else:  # scar
+        h, w = int(rng.uniform(0.06, 0.2) * size), int(rng.uniform(0.008, 0.02) * size) + 2
+        if rng.random() < 0.5:
+            h, w = w, h
+    h, w = int(np.clip(h, 3, size // 2)), int(np.clip(w, 3, size // 2))
+    sy, sx = rng.integers(0, size - h), rng.integers(0, size - w)
+    margin = size // 8
+    ty, tx = rng.integers(margin, size - h - margin), rng.integers(margin, size - w - margin)
+    patch = out[sy : sy + h, sx : sx + w] * rng.uniform(0.85, 1.15, 3) + rng.uniform(-15, 15, 3)
+    alpha = rng.uniform(0.4, 1.0)
+    out[ty : ty + h, tx : tx + w] = alpha * patch + (1 - alpha) * out[ty : ty + h, tx : tx + w]
+    mask[ty : ty + h, tx : tx + w] = True
+    return np.clip(out, 0, 255).astype(np.uint8), mask
+
+
+class FeatureCache:
+    """Trunk outputs per image list, computed once in ORT and kept as .npy files."""
+
+    def __init__(self, directory: Path, engine) -> None:
+        self.directory = directory
+        self.engine = engine
+        directory.mkdir(parents=True, exist_ok=True)
+
+    def _path(self, key: str) -> Path:
+        return self.directory / f"{hashlib.sha1(key.encode()).hexdigest()[:16]}.npy"
+
+    def images(self, paths: list) -> object:
+        import numpy as np
+
+        path = self._path("img|" + "|".join(str(p) for p in paths))
+        if not path.exists():
+            np.save(path, self.engine.features(paths))
+        return np.load(path)
+
+    def arrays(self, key: str, make) -> object:
+        """Features of in-memory images (normalised NCHW) made by ``make()``."""
+        import numpy as np
+
+        path = self._path("arr|" + key)
+        if not path.exists():
+            batch = make()
+            chunks = [self.engine.trunk_runner().features(batch[i : i + 4])
+                      for i in range(0, len(batch), 4)]
+            np.save(path, np.concatenate(chunks))
+        return np.load(path)
+
+
+# ---------------------------------------------------------------- evaluation
+def score_maps(maps, scores, masks, labels, threshold: float, fast: bool) -> dict:
+    import numpy as np
+
+    from edge_runtime.evaluation import metrics
+
+    if fast:  # half resolution: rankings of variants, a quarter of the pixels
+        maps, masks = maps[:, ::2, ::2], masks[:, ::2, ::2]
+    normal = ~labels
+    predicted = scores > threshold
+    return {
+        "pixel_auroc": metrics.auroc(masks, maps),
+        "image_auroc": metrics.auroc(labels, scores),
+        "aupro": metrics.aupro(masks, maps),
+        "pixel_f1": metrics.f1_max(masks, maps),
+        "image_f1": metrics.f1_max(labels, scores),
+        "operational_image_f1": metrics.f1_at(labels, scores, threshold),
+        "false_reject_rate": float(np.count_nonzero(predicted & normal) / max(1, normal.sum())),
+        "miss_rate": float(np.count_nonzero(~predicted & labels) / max(1, labels.sum())),
+    }
+
+
+def maps_and_scores(model, features, batch: int = 16):
+    """The served graph's outputs, from cached trunk features (same modules, no trunk)."""
+    import numpy as np
+    import torch
+
+    maps, scores = [], []
+    with torch.no_grad():
+        for i in range(0, len(features), batch):
+            x = torch.from_numpy(features[i : i + batch])
+            amap, score = model.head(model.teacher(x), model.student(x))
+            maps.append(amap[:, 0].numpy())
+            scores.append(score.numpy())
+    return np.concatenate(maps), np.concatenate(scores)
+
+
+_TRAINED: dict = {}
+
+
+def _trained(recipe: Recipe, feats, train_idx, hold_idx, seed: int):
+    """Train once per (data, schedule): variants that differ after training share it."""
+    from edge_runtime.model.torch_model import ModelSpec, build_parts
+    from edge_runtime.training.loop import StudentTrainer
+
+    config = recipe.config(seed)
+    key = (id(feats), len(feats), config)
+    if key not in _TRAINED:
+        trunk, teacher, student = build_parts(ModelSpec.paste(), seed=seed)
+        result = StudentTrainer(teacher, student, config).fit(feats[train_idx],
+                                                               feats[hold_idx])
+        _TRAINED[key] = (trunk, teacher, student, result)
+    return _TRAINED[key]
+
+
+def run_recipe(recipe: Recipe, feats, eval_sets: list, seed: int):
+    """Train with ``recipe`` on ``feats`` (its own hold-out carved out), calibrate on the
+    hold-out normals exactly as the daemon does, score every evaluation set."""
+    from edge_runtime.inference.thresholds import calibrate
+    from edge_runtime.model.macs import inference_macs
+    from edge_runtime.model.torch_model import PasteModel
+    from edge_runtime.training.loop import holdout_split
+
+    config = recipe.config(seed)
+    train_idx, hold_idx = holdout_split(len(feats), config.val_fraction, seed)
+    trunk, teacher, student, result = _trained(recipe, feats, train_idx, hold_idx, seed)
+    spec = recipe.spec()
+    model = PasteModel(spec, trunk, teacher, student).eval()
+    hold_maps, hold_scores = maps_and_scores(model, feats[hold_idx])
+    thresholds = calibrate(hold_maps, hold_scores, recipe.policy())
+    macs = inference_macs(spec, trunk, teacher, student)["total"]
+    steps = result.epochs_run * -(-len(train_idx) // config.batch_size)
+    epochs = f"{result.epochs_run}/{config.planned_epochs(len(train_idx))}"
+    rows = []
+    for feats_eval, masks, labels, fast in eval_sets:
+        maps, scores = maps_and_scores(model, feats_eval)
+        row = score_maps(maps, scores, masks, labels, thresholds.image, fast)
+        row |= {"train_seconds": round(result.seconds, 1), "inference_macs": macs,
+                "threshold_method": thresholds.method, "holdout_normals": int(len(hold_idx)),
+                "steps": steps, "epochs": epochs,
+                "best_epoch": result.best_epoch, "warning": thresholds.warning,
+                "scores": {"holdout": hold_scores.tolist(), "eval": scores.tolist(),
+                           "labels": labels.tolist(), "history": result.history}}
+        rows.append(row)
+    return rows
+
+
+def test_set(cache: FeatureCache, data: Path, category: str, size: int, limit):
+    import numpy as np
+
+    from edge_runtime.dataset import test_samples
+    from edge_runtime.inference.preprocess import load_mask
+
+    samples = test_samples(data, category, limit)
+    feats = cache.images([s.image for s in samples])
+    masks = np.stack([load_mask(s.mask, size) for s in samples])
+    labels = np.array([s.is_anomalous for s in samples])
+    return feats, masks, labels
+
+
+def validation_set(cache: FeatureCache, images: list, size: int, seed: int):
+    """Held-out normals + one synthetic anomaly made from each of them."""
+    import numpy as np
+
+    from edge_runtime.inference.preprocess import load_rgb, normalise
+
+    normal = cache.images(images)
+    rng = np.random.default_rng(seed)
+
+    def make():
+        made = [synthetic_anomaly(load_rgb(p, size), rng) for p in images]
+        np.save(cache._path("mask2|" + "|".join(map(str, images))), np.stack([m for _, m in made]))
+        return np.stack([normalise(img) for img, _ in made])
+
+    anomalous = cache.arrays("synth2|" + "|".join(map(str, images)), make)
+    masks_path = cache._path("mask2|" + "|".join(map(str, images)))
+    if not masks_path.exists():
+        make()
+    masks = np.concatenate([np.zeros((len(images), size, size), bool), np.load(masks_path)])
+    labels = np.r_[np.zeros(len(images), bool), np.ones(len(images), bool)]
+    return np.concatenate([normal, anomalous]), masks, labels
+
+
+# ---------------------------------------------------------------- ablation variants
+def ablation_recipes(target_steps: int | None) -> list[Recipe]:
+    """Each lever alone on top of the papers' recipe, then combined."""
+    steps = (("target_steps", target_steps),) if target_steps else ()
+    return [
+        PAPER,
+        Recipe("schedule", train="new", train_overrides=steps),
+        Recipe("map", map="new"),
+        Recipe("calibration", calibration="frr"),
+        replace(NEW, train_overrides=steps),
+    ]
+
+
+# ---------------------------------------------------------------- main
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--data", type=Path, default=SHARED / "data")
+    parser.add_argument("--categories", nargs="*", default=None)
+    parser.add_argument("--quick", action="store_true", help="small subsets, ~1 minute")
+    parser.add_argument("--ablation", action="store_true", help="levers on a validation split")
+    parser.add_argument("--recipes", nargs="*", default=None, help="only these rows (e.g. new)")
+    parser.add_argument("--max-train-images", type=int, default=None)
+    parser.add_argument("--max-test-images", type=int, default=None, help="per defect kind")
+    parser.add_argument("--cache", type=Path,
+                        default=Path(os.environ.get("TMPDIR", "/tmp")) / "edge-runtime-quality")
+    parser.add_argument("--target-steps", type=int, default=None,
+                        help="override the new schedule's planned steps")
+    parser.add_argument("--save-scores", type=Path, default=None,
+                        help="write each run's image scores and val-loss history here")
+    parser.add_argument("--threads", type=int, default=1)
+    parser.add_argument("--seed", type=int, default=0)
+    args = parser.parse_args()
+
+    import numpy as np
+    import torch
+    from tqdm import tqdm
+
+    from edge_runtime.dataset import list_categories, train_images
+    from edge_runtime.model.torch_model import ModelSpec
+    from edge_runtime.training.bundle import ModelBundle
+
+    torch.set_num_threads(args.threads)
+    if args.quick:
+        args.max_train_images = args.max_train_images or 40
+        args.max_test_images = args.max_test_images or 4
+    categories = args.categories or list_categories(args.data)
+    spec = ModelSpec.paste()
+    size = spec.image_size
+    cache = FeatureCache(args.cache, ModelBundle(spec, seed=args.seed, threads=args.threads))
+    if args.ablation:
+        recipes = ablation_recipes(args.target_steps or (150 if args.quick else None))
+        if args.recipes:
+            recipes = [r for r in recipes if r.name in args.recipes]
+    else:
+        steps = args.target_steps or (150 if args.quick else None)
+        recipes = [PAPER, replace(NEW, train_overrides=(("target_steps", steps),) if steps
+                                  else ())]
+        if args.recipes:
+            recipes = [r for r in recipes if r.name in args.recipes]
+    out: dict = {r.name: {} for r in recipes}
+    extra: dict = {r.name: {} for r in recipes}
+    for category in categories:
+        images = train_images(args.data, category, args.max_train_images)
+        if args.ablation:
+            rec_idx, val_idx = image_split(len(images), args.seed)
+            feats = cache.images([images[i] for i in rec_idx])
+            eval_sets = [(*validation_set(cache, [images[i] for i in val_idx], size,
+                                          args.seed), True)]
+        else:
+            feats = cache.images(images)
+            eval_sets = [(*test_set(cache, args.data, category, size, args.max_test_images),
+                          False)]
+        _TRAINED.clear()
+        for recipe in tqdm(recipes, desc=category, unit="recipe"):
+            rows = run_recipe(recipe, feats, eval_sets, args.seed)
+            out[recipe.name][category] = {k: rows[0][k] for k in KEYS}
+            extra[recipe.name][category] = {k: rows[0][k] for k in rows[0] if k not in KEYS}
+            scores = extra[recipe.name][category].pop("scores")
+            if args.save_scores:
+                args.save_scores.mkdir(parents=True, exist_ok=True)
+                target = args.save_scores / f"{recipe.name}_{category}.json"
+                target.write_text(json.dumps(scores))
+            rows[0].pop("scores")
+            tqdm.write(f"{category} {recipe.name}: " + json.dumps(
+                {k: (round(v, 4) if isinstance(v, float) else v) for k, v in rows[0].items()}))
+    headers = ["recipe", "category", "pixAUROC", "imgAUROC", "AU-PRO", "pixF1", "opImgF1",
+               "FRR", "train_s", "MACs(M)", "steps", "epochs"]
+    table = []
+    for name, per in out.items():
+        for category, row in per.items():
+            e = extra[name][category]
+            table.append([name, category, row["pixel_auroc"], row["image_auroc"], row["aupro"],
+                          row["pixel_f1"], row["operational_image_f1"],
+                          row["false_reject_rate"], row["train_seconds"],
+                          round(row["inference_macs"] / 1e6, 2), e["steps"], e["epochs"]])
+        if per:
+            means = [float(np.nanmean([r[k] for r in per.values()])) for k in KEYS[:6]]
+            table.append([name, "MEAN", *means, "", "", "", ""])
+    print_table(headers, table)
+    emit_json(out)
+
+
+if __name__ == "__main__":
+    main()
