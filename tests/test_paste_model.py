@@ -5,7 +5,7 @@ import torch
 from edge_runtime.inference.inferencer import AnomalyInferencer, TrunkRunner
 from edge_runtime.model.macs import inference_macs, training_step_macs
 from edge_runtime.model.onnx_export import export_merged, export_trunk
-from edge_runtime.model.torch_model import ModelSpec, PasteModel, build_parts
+from edge_runtime.model.torch_model import MapHead, ModelSpec, PasteModel, build_parts
 
 
 @pytest.fixture(scope="module")
@@ -99,9 +99,13 @@ def test_hooked_macs_equal_torch_flop_counter(paste_parts):
         expected = {"trunk": _count(lambda: trunk(image)),
                     "teacher_tail": _count(lambda: teacher(features)),
                     "student_tail": _count(lambda: student(features))}
-    counted = inference_macs(ModelSpec.paste(), *paste_parts)
-    assert counted == expected | {"total": sum(expected.values())}
+        outputs = teacher(features), student(features)
+        new_map = _count(lambda: MapHead(ModelSpec.paste())(*outputs))
+    counted = inference_macs(ModelSpec.paste(recipe="paper"), *paste_parts)
+    assert counted == expected | {"map": 0, "total": sum(expected.values())}
     assert counted["total"] == 207_728_640
+    new = inference_macs(ModelSpec.paste(), *paste_parts)  # the smoothed map's blur
+    assert new["map"] == new_map == 57_344 and new["total"] == 207_728_640 + 57_344
 
 
 def test_training_step_macs_exclude_the_cached_trunk(paste_parts):
