@@ -4,17 +4,21 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import math
 from contextlib import asynccontextmanager
 
 from fastapi import FastAPI, Request
+from fastapi.encoders import jsonable_encoder
+from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse
 
 import edge_runtime
 from edge_runtime.api.endpoints import inspections, jobs, models, products, system
+from edge_runtime.api.origin import OriginHostMiddleware, allowed_host_names
 from edge_runtime.api.uploads import BodyLimitMiddleware
 from edge_runtime.camera import CameraError, CameraNotConfiguredError
 from edge_runtime.inference.model_dir import ModelDirError
-from edge_runtime.inference.preprocess import ImageError
+from edge_runtime.inference.preprocess import ImageError, ImageTooLargeError
 from edge_runtime.services.errors import (
     ConflictError,
     GoneError,
@@ -35,6 +39,7 @@ STATUS_OF = {
     ConflictError: 409,
     InvalidRequestError: 422,
     ImageError: 422,
+    ImageTooLargeError: 413,  # a small file that would decode to too many pixels
     CameraNotConfiguredError: 409,  # frames asked of a daemon without a camera
     CameraError: 503,
     ModelDirError: 503,
@@ -46,6 +51,21 @@ def _error(status: int):
         return JSONResponse({"detail": str(exc)}, status_code=status)
 
     return handler
+
+
+def _finite(value):
+    """JSON has no NaN or Infinity: a rejected input that held one is echoed as text."""
+    if isinstance(value, float) and not math.isfinite(value):
+        return str(value)
+    if isinstance(value, dict):
+        return {k: _finite(v) for k, v in value.items()}
+    if isinstance(value, list | tuple):
+        return [_finite(v) for v in value]
+    return value
+
+
+async def _invalid(request: Request, exc: RequestValidationError) -> JSONResponse:
+    return JSONResponse({"detail": _finite(jsonable_encoder(exc.errors()))}, status_code=422)
 
 
 async def _unexpected(request: Request, exc: Exception) -> JSONResponse:
@@ -76,9 +96,13 @@ def create_app(settings: Settings, runtime: Runtime | None = None,
     app.state.runtime = runtime
     limit = int(settings.api.max_upload_mb * 2**20) * MAX_FILES_PER_REQUEST
     app.add_middleware(BodyLimitMiddleware, limit=limit)
+    # added last, so it runs first: a refused request is never read
+    app.add_middleware(OriginHostMiddleware,
+                       names=allowed_host_names(settings.api.host, settings.api.allowed_hosts))
     for module in (system, products, jobs, inspections, models):
         app.include_router(module.router)
     for exc_type, status in STATUS_OF.items():
         app.add_exception_handler(exc_type, _error(status))
+    app.add_exception_handler(RequestValidationError, _invalid)
     app.add_exception_handler(Exception, _unexpected)
     return app

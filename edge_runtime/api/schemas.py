@@ -2,14 +2,22 @@
 
 from __future__ import annotations
 
-from pydantic import BaseModel, Field
+from pydantic import BaseModel, Field, field_validator
 
 PRODUCT_NAME = r"^[A-Za-z0-9][A-Za-z0-9 _.\-]{0,63}$"
 
 
 class ProductIn(BaseModel):
-    name: str = Field(pattern=PRODUCT_NAME, description="letters, digits, space, _ . -")
+    name: str = Field(pattern=PRODUCT_NAME, description="letters, digits, space, _ . -; "
+                      "not digits only (a product reference of digits is its id)")
     description: str = Field(default="", max_length=500)
+
+    @field_validator("name")
+    @classmethod
+    def not_an_id(cls, name: str) -> str:
+        if name.isdigit():
+            raise ValueError("a name of digits only would read as a product id; add a letter")
+        return name
 
 
 class Thresholds(BaseModel):

@@ -5,6 +5,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 from edge_runtime.camera import MonitoredCamera, make_camera
+from edge_runtime.inference.preprocess import set_decode_slots
 from edge_runtime.services.captures import CaptureService
 from edge_runtime.services.events import EventBus
 from edge_runtime.services.inspection import InspectionService
@@ -37,6 +38,7 @@ def build_runtime(settings: Settings) -> Runtime:
     """Open state, fail jobs a crash interrupted, load the last good model."""
     layout = settings.layout
     layout.root.mkdir(parents=True, exist_ok=True)
+    set_decode_slots(settings.api.decode_slots)
     db = Database(layout.db)
     bus, metrics = EventBus(), Metrics()
     models = ModelRegistry(layout.models, settings.model.threads, settings.model.spinning)

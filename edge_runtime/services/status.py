@@ -29,6 +29,14 @@ class StatusService:
         self.jobs, self.inspections, self.camera, self.line = jobs, inspections, camera, line
         self.started_at = time.time()
 
+    def _replay(self, version: str | None) -> dict | None:
+        """The live version's replay store; damage is reported, never a 500."""
+        directory = self.settings.layout.replay_of(version)
+        try:
+            return read_accounting(directory)
+        except (OSError, ValueError, KeyError, TypeError) as exc:
+            return {"error": f"{directory / 'store.json'} is unreadable: {exc}"}
+
     def collect(self) -> dict:
         live = self.registry.live
         job = self.jobs.active()
@@ -42,7 +50,7 @@ class StatusService:
             "rss_mb": round(psutil.Process().memory_info().rss / 2**20, 1),
             "inference_latency": self.inspections.latency_stats(),
             "macs": live.manifest.training.get("macs") if live else None,
-            "replay_store": read_accounting(self.settings.layout.replay),
+            "replay_store": self._replay(live.version if live else None),
             "camera": {"kind": self.camera.name, "error": self.camera.error},
             "torch_imported": "torch" in sys.modules,  # must stay False: training is a worker's
         }

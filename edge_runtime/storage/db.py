@@ -70,19 +70,49 @@ CREATE TABLE IF NOT EXISTS inspections (
 """
 
 
+BUSY_TIMEOUT_S = 30.0
+
+
+def _statements(script: str) -> list[str]:
+    """The schema's statements one by one (executescript would COMMIT on its own)."""
+    body = "\n".join(line.split("--")[0] for line in script.splitlines())
+    return [s.strip() for s in body.split(";") if s.strip()]
+
+
+def _has_tables(conn: sqlite3.Connection) -> bool:
+    names = {r[0] for r in conn.execute("SELECT name FROM sqlite_master WHERE type='table'")}
+    return {"products", "captures", "jobs", "inspections"} <= names
+
+
 class Database:
-    def __init__(self, path: str | Path) -> None:
+    def __init__(self, path: str | Path, create: bool = True) -> None:
+        """``create=False`` (the training worker): the daemon made the schema; touch nothing."""
         self.path = Path(path)
+        if not create:
+            return
         self.path.parent.mkdir(parents=True, exist_ok=True)
-        conn = sqlite3.connect(self.path, timeout=30, isolation_level=None)
+        conn = sqlite3.connect(self.path, timeout=BUSY_TIMEOUT_S, isolation_level=None)
         try:
-            conn.execute("PRAGMA journal_mode=WAL")
+            conn.execute(f"PRAGMA busy_timeout={int(BUSY_TIMEOUT_S * 1000)}")
+            if conn.execute("PRAGMA journal_mode").fetchone()[0].lower() != "wal":
+                conn.execute("PRAGMA journal_mode=WAL")
+            # IMMEDIATE: take the write lock up front, waiting for it. A deferred BEGIN that
+            # reads, then writes, gets SQLITE_BUSY at once in WAL mode when another process
+            # (the API recording inspections) committed in between: no busy wait applies.
+            conn.execute("BEGIN IMMEDIATE")
             version = conn.execute("PRAGMA user_version").fetchone()[0]
             if version > SCHEMA_VERSION:
+                conn.execute("ROLLBACK")
                 raise RuntimeError(f"{self.path}: schema version {version} is newer than "
                                    f"this edge-runtime ({SCHEMA_VERSION})")
-            conn.executescript(f"BEGIN;{SCHEMA}PRAGMA user_version={SCHEMA_VERSION};COMMIT;")
+            if version < SCHEMA_VERSION or not _has_tables(conn):
+                for statement in _statements(SCHEMA):
+                    conn.execute(statement)
+                conn.execute(f"PRAGMA user_version={SCHEMA_VERSION}")
+            conn.execute("COMMIT")
         finally:
+            if conn.in_transaction:
+                conn.execute("ROLLBACK")
             conn.close()
 
     @contextmanager
@@ -91,11 +121,11 @@ class Database:
         the lock up front (BEGIN IMMEDIATE) so two writers never deadlock on upgrade.
         ``durable=False`` (inspection records, dozens a second) skips the fsync per commit:
         a process crash loses nothing, a power cut at most the last moments of records."""
-        conn = sqlite3.connect(self.path, timeout=30, isolation_level=None)
+        conn = sqlite3.connect(self.path, timeout=BUSY_TIMEOUT_S, isolation_level=None)
         conn.row_factory = sqlite3.Row
         conn.execute(f"PRAGMA synchronous={'FULL' if durable else 'NORMAL'}")
         conn.execute("PRAGMA foreign_keys=ON")
-        conn.execute("PRAGMA busy_timeout=30000")
+        conn.execute(f"PRAGMA busy_timeout={int(BUSY_TIMEOUT_S * 1000)}")
         try:
             conn.execute("BEGIN IMMEDIATE" if write else "BEGIN")
             yield conn
