@@ -27,6 +27,7 @@ from edge_runtime.services.errors import (
 )
 from edge_runtime.services.runtime import Runtime, build_runtime
 from edge_runtime.settings import Settings
+from edge_runtime.storage.db import StorageFullError
 from edge_runtime.systemd import Notifier
 
 log = logging.getLogger("edge_runtime")
@@ -43,6 +44,7 @@ STATUS_OF = {
     CameraNotConfiguredError: 409,  # frames asked of a daemon without a camera
     CameraError: 503,
     ModelDirError: 503,
+    StorageFullError: 507,  # the disk is full: nothing was written; verdicts still flow
 }
 
 

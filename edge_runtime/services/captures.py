@@ -6,6 +6,7 @@ request is validated before any is stored, so a bad file leaves nothing behind.
 
 from __future__ import annotations
 
+import errno
 import io
 import secrets
 from pathlib import Path
@@ -18,7 +19,7 @@ from edge_runtime.data_layout import DataLayout
 from edge_runtime.inference.preprocess import load_rgb
 from edge_runtime.services.errors import InvalidRequestError
 from edge_runtime.storage import repositories as repo
-from edge_runtime.storage.db import Database
+from edge_runtime.storage.db import Database, StorageFullError
 
 SUFFIX = {"PNG": ".png", "JPEG": ".jpg"}
 
@@ -42,18 +43,33 @@ class CaptureService:
         blobs += [(self.camera.capture(), f"camera:{self.camera.name}")
                   for _ in range(camera_frames)]
         infos = [image_info(data) for data, _ in blobs]
-        stored = [self._store(product["id"], data, source, info)
-                  for (data, source), info in zip(blobs, infos, strict=True)]
-        return {"count": len(stored), "captures": stored}
+        return {"count": len(blobs), "captures": self._store_all(product["id"], blobs, infos)}
 
-    def _store(self, product_id: int, data: bytes, source: str,
-               info: tuple[str, int, int]) -> dict:
-        fmt, width, height = info
+    def _store_all(self, product_id: int, blobs: list[tuple[bytes, str]],
+                   infos: list[tuple[str, int, int]]) -> list[dict]:
+        """Every file, then every row in one transaction: all or nothing, so a failure (a
+        full disk) leaves no file without a row and no row without a file."""
+        written: list[Path] = []
+        try:
+            for data, _ in blobs:
+                written.append(self._write(product_id, data, infos[len(written)][0]))
+            with self.db.connect() as conn:
+                return [repo.add_capture(conn, product_id,
+                                         str(path.relative_to(self.layout.captures)), source,
+                                         width, height, len(data))
+                        for path, (data, source), (_, width, height)
+                        in zip(written, blobs, infos, strict=True)]
+        except BaseException as exc:
+            for path in written:
+                path.unlink(missing_ok=True)
+            if isinstance(exc, OSError) and exc.errno == errno.ENOSPC:
+                raise StorageFullError("the disk is full: no capture was stored") from exc
+            raise
+
+    def _write(self, product_id: int, data: bytes, fmt: str) -> Path:
         relative = Path(str(product_id)) / f"{secrets.token_hex(8)}{SUFFIX[fmt]}"
         atomic_write_bytes(self.layout.capture(relative), data)
-        with self.db.connect() as conn:
-            return repo.add_capture(conn, product_id, str(relative), source, width, height,
-                                    len(data))
+        return self.layout.capture(relative)
 
     def list(self, product_id: int, limit: int = -1, offset: int = 0) -> dict:
         with self.db.connect(write=False) as conn:

@@ -2,12 +2,14 @@
 
 from __future__ import annotations
 
+import logging
 from dataclasses import dataclass
 
 from edge_runtime.camera import MonitoredCamera, make_camera
 from edge_runtime.inference.preprocess import set_decode_slots
 from edge_runtime.services.captures import CaptureService
 from edge_runtime.services.events import EventBus
+from edge_runtime.services.health import Health
 from edge_runtime.services.inspection import InspectionService
 from edge_runtime.services.jobs import JobManager
 from edge_runtime.services.line import LineService
@@ -16,7 +18,9 @@ from edge_runtime.services.models import ModelRegistry
 from edge_runtime.services.products import ProductService
 from edge_runtime.services.status import StatusService
 from edge_runtime.settings import Settings
-from edge_runtime.storage.db import Database
+from edge_runtime.storage.db import open_database
+
+log = logging.getLogger("edge_runtime")
 
 
 @dataclass(frozen=True)
@@ -32,6 +36,7 @@ class Runtime:
     line: LineService
     status: StatusService
     camera: MonitoredCamera
+    health: Health
 
 
 def build_runtime(settings: Settings) -> Runtime:
@@ -39,8 +44,12 @@ def build_runtime(settings: Settings) -> Runtime:
     layout = settings.layout
     layout.root.mkdir(parents=True, exist_ok=True)
     set_decode_slots(settings.api.decode_slots)
-    db = Database(layout.db)
+    db, damaged = open_database(layout.db)
     bus, metrics = EventBus(), Metrics()
+    health = Health(layout.root)
+    if damaged:
+        log.error(damaged)
+        health.set("state", damaged)
     models = ModelRegistry(layout.models, settings.model.threads, settings.model.spinning)
     jobs = JobManager(settings, db, models, bus)
     jobs.recover()
@@ -49,9 +58,9 @@ def build_runtime(settings: Settings) -> Runtime:
     products = ProductService(db, models)
     inspections = InspectionService(db, models, products, metrics, bus,
                                     settings.inspection.keep_recent_maps,
-                                    settings.inspection.keep_records)
+                                    settings.inspection.keep_records, health)
     line = LineService(settings.serial, products, camera, inspections)
-    status = StatusService(settings, models, products, jobs, inspections, camera, line)
+    status = StatusService(settings, models, products, jobs, inspections, camera, line, health)
     metrics.add_state(status.collect)
     return Runtime(settings, bus, metrics, models, products, CaptureService(db, layout, camera),
-                   inspections, jobs, line, status, camera)
+                   inspections, jobs, line, status, camera, health)

@@ -10,6 +10,7 @@ import psutil
 import edge_runtime
 from edge_runtime.camera import MonitoredCamera
 from edge_runtime.replay.accounting import read_accounting
+from edge_runtime.services.health import Health
 from edge_runtime.services.inspection import InspectionService
 from edge_runtime.services.jobs import JobManager
 from edge_runtime.services.line import LineService
@@ -24,18 +25,28 @@ JOB_KEYS = ("id", "product_id", "status", "phase", "epoch", "epochs", "step", "s
 class StatusService:
     def __init__(self, settings: Settings, registry: ModelRegistry, products: ProductService,
                  jobs: JobManager, inspections: InspectionService, camera: MonitoredCamera,
-                 line: LineService) -> None:
+                 line: LineService, health: Health | None = None) -> None:
         self.settings, self.registry, self.products = settings, registry, products
         self.jobs, self.inspections, self.camera, self.line = jobs, inspections, camera, line
         self.started_at = time.time()
+        self.health = health or Health(settings.layout.root)
 
     def _replay(self, version: str | None) -> dict | None:
-        """The live version's replay store; damage is reported, never a 500."""
+        """The live version's replay store; damage is a degraded state, never a 500."""
         directory = self.settings.layout.replay_of(version)
         try:
-            return read_accounting(directory)
+            accounting = read_accounting(directory)
         except (OSError, ValueError, KeyError, TypeError) as exc:
-            return {"error": f"{directory / 'store.json'} is unreadable: {exc}"}
+            self.health.set("replay", f"replay store {directory} is unreadable ({exc}); the "
+                                      f"next training job starts it afresh")
+            return None
+        self.health.clear("replay")
+        return accounting
+
+    def health_view(self) -> dict:
+        """/health: ok, or degraded with what is wrong (verdicts flow either way)."""
+        problems = self.health.problems()
+        return {"status": "degraded" if problems else "ok", "problems": problems}
 
     def collect(self) -> dict:
         live = self.registry.live
@@ -53,7 +64,9 @@ class StatusService:
             "replay_store": self._replay(live.version if live else None),
             "camera": {"kind": self.camera.name, "error": self.camera.error},
             "torch_imported": "torch" in sys.modules,  # must stay False: training is a worker's
+            "dropped_inspection_records": self.inspections.dropped_records,
         }
+        status["problems"] = self.health.problems()
         line = self.line.status()
         if line is not None:
             status["serial_bridge"] = line

@@ -9,7 +9,10 @@ reads; synchronous=FULL so a committed row survives power loss.
 
 from __future__ import annotations
 
+import contextlib
+import os
 import sqlite3
+import time
 from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
@@ -71,6 +74,15 @@ CREATE TABLE IF NOT EXISTS inspections (
 
 
 BUSY_TIMEOUT_S = 30.0
+SQLITE_FULL = 13
+
+
+class StorageFullError(RuntimeError):
+    """The disk is full: this write was not made (HTTP 507); reads still work."""
+
+
+def _full(exc: BaseException) -> bool:
+    return getattr(exc, "sqlite_errorcode", None) == SQLITE_FULL or "disk is full" in str(exc)
 
 
 def _statements(script: str) -> list[str]:
@@ -130,9 +142,57 @@ class Database:
             conn.execute("BEGIN IMMEDIATE" if write else "BEGIN")
             yield conn
             conn.execute("COMMIT")
-        except BaseException:
+        except BaseException as exc:
             if conn.in_transaction:
-                conn.execute("ROLLBACK")
+                with contextlib.suppress(sqlite3.Error):
+                    conn.execute("ROLLBACK")
+            if isinstance(exc, sqlite3.OperationalError) and _full(exc):
+                raise StorageFullError(f"the disk holding {self.path.name} is full; "
+                                       f"free some space") from exc
             raise
         finally:
             conn.close()
+
+
+def damage(path: Path) -> str | None:
+    """Why the database file at ``path`` cannot be trusted, or None (also when absent).
+
+    A 0-byte file is a valid empty database to SQLite: opening it would silently start with
+    no products over an operator's data. A truncated or garbled one fails its checks."""
+    if not path.exists():
+        return None
+    if path.stat().st_size == 0:
+        return "the file is empty (0 bytes)"
+    try:
+        conn = sqlite3.connect(path, timeout=BUSY_TIMEOUT_S, isolation_level=None)
+        try:
+            result = conn.execute("PRAGMA quick_check").fetchone()[0]
+        finally:
+            conn.close()
+    except sqlite3.DatabaseError as exc:
+        return str(exc)
+    return None if result == "ok" else str(result)
+
+
+def open_database(path: Path) -> tuple[Database, str | None]:
+    """The daemon's database, and a message when a damaged one was set aside.
+
+    Recovery is explicit: the damaged file (with its WAL) is kept as
+    ``state.db.damaged-<time>`` for the operator, the daemon starts with an empty schema and
+    says so in one log line and in /status, /health (never silently empty, never a crash
+    loop under systemd)."""
+    problem = damage(path)
+    if problem is None:
+        try:
+            return Database(path), None
+        except sqlite3.DatabaseError as exc:
+            problem = str(exc)
+    stamp = time.strftime("%Y%m%dT%H%M%S")
+    aside = path.with_name(f"{path.name}.damaged-{stamp}")
+    for suffix in ("", "-wal", "-shm"):
+        part = path.with_name(path.name + suffix)
+        if part.exists():
+            os.replace(part, aside.with_name(aside.name + suffix))
+    message = (f"{path} was damaged ({problem}); kept as {aside.name}; started with an empty "
+               f"database: products and captures must be added again")
+    return Database(path), message
