@@ -11,6 +11,8 @@ from fastapi import FastAPI, Request
 from fastapi.encoders import jsonable_encoder
 from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse
+from fastapi.routing import APIRoute
+from starlette.exceptions import HTTPException as StarletteHTTPException
 
 import edge_runtime
 from edge_runtime.api.endpoints import inspections, jobs, models, products, system
@@ -70,6 +72,19 @@ async def _invalid(request: Request, exc: RequestValidationError) -> JSONRespons
     return JSONResponse({"detail": _finite(jsonable_encoder(exc.errors()))}, status_code=422)
 
 
+async def _http_error(request: Request, exc: StarletteHTTPException) -> JSONResponse:
+    """FastAPI's own errors; a 405's Allow header names every method the path has (the
+    router alone names only the first route that matched the path)."""
+    headers = dict(exc.headers or {})
+    if exc.status_code == 405:
+        path = request.url.path
+        methods = {m for route in request.app.routes
+                   if isinstance(route, APIRoute) and route.path_regex.match(path)
+                   for m in route.methods}
+        headers["Allow"] = ", ".join(sorted(methods))
+    return JSONResponse({"detail": exc.detail}, status_code=exc.status_code, headers=headers)
+
+
 async def _unexpected(request: Request, exc: Exception) -> JSONResponse:
     log.exception("unhandled error on %s %s", request.method, request.url.path)
     return JSONResponse({"detail": f"internal error: {type(exc).__name__}"}, status_code=500)
@@ -106,5 +121,6 @@ def create_app(settings: Settings, runtime: Runtime | None = None,
     for exc_type, status in STATUS_OF.items():
         app.add_exception_handler(exc_type, _error(status))
     app.add_exception_handler(RequestValidationError, _invalid)
+    app.add_exception_handler(StarletteHTTPException, _http_error)
     app.add_exception_handler(Exception, _unexpected)
     return app
