@@ -4,6 +4,7 @@ flowing on a full disk (a real tmpfs), damage is detected, kept aside, reported,
 from __future__ import annotations
 
 import contextlib
+import os
 import shutil
 import sqlite3
 import subprocess
@@ -61,29 +62,28 @@ def tmpfs(mount: Path, size_mb: int):
 def _fill(directory: Path) -> Path:
     """Write until the file system says ENOSPC (a real full disk)."""
     filler = directory / "filler.bin"
-    chunk = b"\0" * 2**20
-    with open(filler, "wb") as handle:
-        with contextlib.suppress(OSError):
-            while True:
-                handle.write(chunk)
-                handle.flush()
-        with contextlib.suppress(OSError):
-            while True:  # the last few KB
-                handle.write(b"\0" * 4096)
-                handle.flush()
+    fd = os.open(filler, os.O_WRONLY | os.O_CREAT | os.O_TRUNC)
+    try:
+        for size in (2**20, 4096, 1):
+            with contextlib.suppress(OSError):
+                while os.write(fd, b"\0" * size):
+                    pass
+    finally:
+        os.close(fd)
     return filler
 
 
 def test_verdicts_keep_flowing_on_a_full_disk(trained_data, tmp_path, data_root):
-    with tmpfs(tmp_path / "mnt", 48) as mount:
-        daemon = Daemon(_copy(trained_data, mount / "data"))
+    with tmpfs(tmp_path / "data", 48) as mount:  # the daemon's log stays outside
+        shutil.copytree(trained_data, mount, dirs_exist_ok=True)
+        daemon = Daemon(mount)
         daemon.start()
         try:
             c = daemon.client
             assert daemon.inspect("bottle", data_root / GOOD).status_code == 200
             assert c.get("/health").json()["status"] == "ok"
-            captures_before = sorted((mount / "data" / "captures").rglob("*.*"))
-            filler = _fill(mount / "data")
+            captures_before = sorted((mount / "captures").rglob("*.*"))
+            filler = _fill(mount)
             results = [daemon.inspect("bottle", data_root / GOOD) for _ in range(5)]
             assert [r.status_code for r in results] == [200] * 5, results[-1].text
             assert {r.json()["verdict"] for r in results} <= {"pass", "reject"}
@@ -99,8 +99,8 @@ def test_verdicts_keep_flowing_on_a_full_disk(trained_data, tmp_path, data_root)
                                    for i in range(4)])
             assert upload.status_code == 507, upload.text
             assert "full" in upload.json()["detail"]
-            assert sorted((mount / "data" / "captures").rglob("*.*")) == captures_before
-            assert not list((mount / "data" / "captures").rglob("*.tmp"))
+            assert sorted((mount / "captures").rglob("*.*")) == captures_before
+            assert not list((mount / "captures").rglob("*.tmp"))
             assert c.get("/products/1").json()["captures"] == 8
 
             filler.unlink()  # space returns: the daemon recovers by itself
@@ -120,6 +120,7 @@ def _truncate_half(db: Path) -> None:
                          "latency_ms, model_version, source, created_at) VALUES "
                          "(1, 0.1, 'pass', 0.2, 5.0, 'v000001', 'test', ?)",
                          [(time.time(),)] * 2000)
+        conn.commit()
         conn.execute("PRAGMA wal_checkpoint(TRUNCATE)")
     data = db.read_bytes()
     db.write_bytes(data[: len(data) // 2])

@@ -45,6 +45,7 @@ def build_runtime(settings: Settings) -> Runtime:
     layout.root.mkdir(parents=True, exist_ok=True)
     set_decode_slots(settings.api.decode_slots)
     db, damaged = open_database(layout.db)
+    db.keep_open()
     bus, metrics = EventBus(), Metrics()
     health = Health(layout.root)
     if damaged:

@@ -127,6 +127,16 @@ class Database:
                 conn.execute("ROLLBACK")
             conn.close()
 
+    def keep_open(self) -> None:
+        """Hold one idle connection for the life of the process. SQLite removes the -wal and
+        -shm files when its last connection closes and must create them again on the next
+        open, which fails on a full disk: every read would then fail too. With them kept,
+        reads always work and writes fail cleanly (SQLITE_FULL) until space returns."""
+        if getattr(self, "_keeper", None) is None:
+            self._keeper = sqlite3.connect(self.path, check_same_thread=False,
+                                           isolation_level=None)
+            self._keeper.execute("SELECT COUNT(*) FROM sqlite_master").fetchone()
+
     @contextmanager
     def connect(self, write: bool = True, durable: bool = True) -> Iterator[sqlite3.Connection]:
         """One short-lived connection per unit of work; commits on success. Writers take
