@@ -123,4 +123,23 @@ def create_app(settings: Settings, runtime: Runtime | None = None,
     app.add_exception_handler(RequestValidationError, _invalid)
     app.add_exception_handler(StarletteHTTPException, _http_error)
     app.add_exception_handler(Exception, _unexpected)
+    if not settings.api.token:
+        app.openapi = _without_security(app)
     return app
+
+
+def _without_security(app: FastAPI):
+    """With no api.token the daemon asks for none: the OpenAPI document must not either."""
+
+    def openapi() -> dict:
+        if app.openapi_schema is None:
+            schema = FastAPI.openapi(app)
+            schema.get("components", {}).pop("securitySchemes", None)
+            for path in schema.get("paths", {}).values():
+                for operation in path.values():
+                    operation.pop("security", None)
+                    operation.get("responses", {}).pop("401", None)
+            app.openapi_schema = schema
+        return app.openapi_schema
+
+    return openapi

@@ -112,7 +112,8 @@ class InvalidOut(BaseModel):
     detail: str | list[ValidationItem]
 
 
-_MEANING = {400: "Host not allowed", 401: "missing or wrong bearer token",
+_MEANING = {400: "a body that does not parse, or a Host not allowed",
+            401: "missing or wrong bearer token",
             403: "cross-origin write refused", 404: "no such resource",
             409: "conflicts with the current state", 410: "no longer kept",
             413: "too large (request body, or an image's decoded size)",
@@ -126,4 +127,4 @@ def errors(*codes: int) -> dict:
                    "description": _MEANING[code]} for code in codes}
 
 
-WRITE = (401, 403, 413, 422)  # every mutating endpoint: token, origin, body limit, input
+WRITE = (400, 401, 403, 413, 422)  # mutating: unparsable, token, origin, body limit, input

@@ -17,7 +17,6 @@ from edge_runtime.atomic import atomic_write_bytes
 from edge_runtime.camera import MonitoredCamera
 from edge_runtime.data_layout import DataLayout
 from edge_runtime.inference.preprocess import load_rgb
-from edge_runtime.services.errors import InvalidRequestError
 from edge_runtime.storage import repositories as repo
 from edge_runtime.storage.db import Database, StorageFullError
 
@@ -37,8 +36,8 @@ class CaptureService:
 
     def add(self, product: dict, uploads: list[bytes], camera_frames: int = 0) -> dict:
         """Uploads and camera frames, all validated first, then stored."""
-        if not uploads and not camera_frames:
-            raise InvalidRequestError("upload one or more files, or ask for camera_frames")
+        if not uploads and not camera_frames:  # nothing asked, nothing added
+            return {"count": 0, "captures": []}
         blobs = [(data, "upload") for data in uploads]
         blobs += [(self.camera.capture(), f"camera:{self.camera.name}")
                   for _ in range(camera_frames)]

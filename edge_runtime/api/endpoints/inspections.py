@@ -28,7 +28,8 @@ async def inspect(
     products: ProductsDep,
     settings: SettingsDep,
     file: Annotated[UploadFile, File(description="PNG or JPEG image")],
-    product: Annotated[str, Form(max_length=64, description="product id or name")],
+    product: Annotated[str, Form(min_length=1, max_length=64,
+                                     description="product id or name")],
 ) -> InspectionOut:
     row = products.resolve(product)
     data = await read_upload(file, int(settings.api.max_upload_mb * 2**20))
