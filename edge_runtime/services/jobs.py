@@ -195,6 +195,8 @@ class JobManager:
                 self._fail(job_id, f"worker exited with code {process.returncode}"
                                    f"{self._last_log_line(job_id)}; see "
                                    f"{self.layout.job_log(job_id)}")
+        elif job["status"] != "succeeded":  # the worker recorded its own failure or cancel
+            self._discard(job_id)
         self._publish_progress(job_id)
 
     def _finish(self, job_id: int, version: str) -> bool:
@@ -223,6 +225,10 @@ class JobManager:
         with self.db.connect() as conn:
             repo.update_job(conn, job_id, only_if_active=True, status="failed",
                             finished_at=time.time(), error=error)
+        self._discard(job_id)
+
+    def _discard(self, job_id: int) -> None:
+        """Remove the version directory a job that did not succeed may have left."""
         version = f"v{job_id:06d}"
         live = self.registry.live
         if (live is None or live.version != version) and \
