@@ -5,13 +5,13 @@ from __future__ import annotations
 import asyncio
 import logging
 import math
+import re
 from contextlib import asynccontextmanager
 
 from fastapi import FastAPI, Request
 from fastapi.encoders import jsonable_encoder
 from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse
-from fastapi.routing import APIRoute
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
 import edge_runtime
@@ -72,16 +72,23 @@ async def _invalid(request: Request, exc: RequestValidationError) -> JSONRespons
     return JSONResponse({"detail": _finite(jsonable_encoder(exc.errors()))}, status_code=422)
 
 
+def _documented_methods(app: FastAPI, path: str) -> set[str]:
+    """The methods the OpenAPI document lists for the path template ``path`` matches."""
+    methods: set[str] = set()
+    for template, operations in app.openapi().get("paths", {}).items():
+        if re.fullmatch(re.sub(r"\{[^/{}]+\}", "[^/]+", template), path):
+            methods |= {method.upper() for method in operations}
+    return methods
+
+
 async def _http_error(request: Request, exc: StarletteHTTPException) -> JSONResponse:
     """FastAPI's own errors; a 405's Allow header names every method the path has (the
     router alone names only the first route that matched the path)."""
     headers = dict(exc.headers or {})
     if exc.status_code == 405:
-        path = request.url.path
-        methods = {m for route in request.app.routes
-                   if isinstance(route, APIRoute) and route.path_regex.match(path)
-                   for m in route.methods}
-        headers["Allow"] = ", ".join(sorted(methods))
+        methods = _documented_methods(request.app, request.url.path)
+        if methods:
+            headers["Allow"] = ", ".join(sorted(methods))
     return JSONResponse({"detail": exc.detail}, status_code=exc.status_code, headers=headers)
 
 
