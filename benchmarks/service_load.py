@@ -1,12 +1,18 @@
 """Load on the real daemon: concurrent clients POST JPEGs to /inspect, first on an idle
 daemon, then while a training job runs. Reports throughput, latency, errors, and the peak
 RSS of the API process and of the training worker.
+
+Then a soak (issue 10): clients post /inspect without pause while 3 training jobs run one
+after the other, and a 32-file upload of large PNGs goes in during the first job; /health
+is polled every 20 ms and the daemon's systemd watchdog pings (a real NOTIFY_SOCKET) are
+timed. Every job must succeed, every inspection answer 200, no /health gap reach 1 s.
 """
 
 from __future__ import annotations
 
 import argparse
 import io
+import socket
 import tempfile
 import threading
 import time
@@ -139,6 +145,155 @@ class EventListeners:
         self._stop.set()  # each listener returns at its next event or keep-alive
 
 
+WATCHDOG_USEC = 2_000_000  # strict: a ping each second (the unit's WatchdogSec is 30)
+UPLOAD_SIDE = 2400  # px: large PNGs that decode to 17 MB each
+
+
+class WatchdogListener:
+    """The systemd side of sd_notify: receives the daemon's WATCHDOG=1 datagrams."""
+
+    def __init__(self, path: Path) -> None:
+        self.path = path
+        self.sock = socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM)
+        self.sock.bind(str(path))
+        self.sock.settimeout(0.2)
+        self.times: list[float] = []
+        self._stop = threading.Event()
+        self._thread = threading.Thread(target=self._run, daemon=True)
+        self._thread.start()
+
+    def _run(self) -> None:
+        while not self._stop.is_set():
+            try:
+                if b"WATCHDOG=1" in self.sock.recv(512):
+                    self.times.append(time.monotonic())
+            except TimeoutError:
+                continue
+
+    def max_gap_since(self, since: float) -> float:
+        times = [since] + [t for t in self.times if t >= since] + [time.monotonic()]
+        return float(np.diff(times).max())
+
+    def close(self) -> None:
+        self._stop.set()
+        self._thread.join()
+        self.sock.close()
+
+
+class HealthGaps:
+    """Polls /health every 20 ms; the largest time between two answers is the longest the
+    daemon could not answer (a blocked event loop shows here)."""
+
+    def __init__(self, url: str) -> None:
+        self.url, self.max_gap, self.failures = url, 0.0, 0
+        self._stop = threading.Event()
+        self._thread = threading.Thread(target=self._run, daemon=True)
+
+    def _run(self) -> None:
+        import httpx
+
+        with httpx.Client(base_url=self.url, timeout=30) as client:
+            last = time.monotonic()
+            while not self._stop.is_set():
+                try:
+                    self.failures += client.get("/health").status_code != 200
+                except httpx.HTTPError:
+                    self.failures += 1
+                now = time.monotonic()
+                self.max_gap = max(self.max_gap, now - last)
+                last = now
+                time.sleep(0.02)
+
+    def __enter__(self) -> HealthGaps:
+        self._thread.start()
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self._stop.set()
+        self._thread.join()
+
+
+def _large_pngs(count: int) -> list[bytes]:
+    """A ramp with stripes and sparse noise: ~0.5 MB of PNG that decodes to 17 MB."""
+    rng = np.random.default_rng(0)
+    rows = np.arange(UPLOAD_SIDE)[:, None]
+    out = []
+    for i in range(count):
+        pixels = np.linspace(0, 250, UPLOAD_SIDE, dtype=np.float32)[None, :] + (rows * 7 + i) % 13
+        pixels = np.repeat(pixels[:, :, None], 3, axis=2)
+        pixels[::8, ::8] += rng.integers(0, 5, (UPLOAD_SIDE // 8, UPLOAD_SIDE // 8, 3))
+        buffer = io.BytesIO()
+        Image.fromarray(np.clip(pixels, 0, 255).astype(np.uint8)).save(buffer, format="PNG")
+        out.append(buffer.getvalue())
+    return out
+
+
+class Inspecting:
+    """Clients posting /inspect without pause until stopped; counts non-2xx answers."""
+
+    def __init__(self, daemon: Daemon, jpegs: list[bytes], clients: int) -> None:
+        self.daemon, self.jpegs, self.clients = daemon, jpegs, clients
+        self.count = self.errors = 0
+        self._stop = threading.Event()
+        self._threads = [threading.Thread(target=self._run, daemon=True)
+                         for _ in range(clients)]
+
+    def _run(self) -> None:
+        import httpx
+
+        with httpx.Client(base_url=self.daemon.url, timeout=30) as client:
+            i = 0
+            while not self._stop.is_set():
+                try:
+                    ok = client.post("/inspect", data={"product": "bottle"}, files={
+                        "file": ("p.jpg", self.jpegs[i % len(self.jpegs)], "image/jpeg")},
+                    ).is_success
+                except httpx.HTTPError:
+                    ok = False
+                self.count += 1
+                self.errors += not ok
+                i += 1
+
+    def __enter__(self) -> Inspecting:
+        for thread in self._threads:
+            thread.start()
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self._stop.set()
+        for thread in self._threads:
+            thread.join()
+
+
+def _soak(daemon: Daemon, product_id: int, jpegs: list[bytes], args, pings) -> dict:
+    c = daemon.client
+    epochs = 1 if args.quick else args.soak_epochs
+    uploads = _large_pngs(32)
+    files = [("files", (f"{i}.png", data, "image/png")) for i, data in enumerate(uploads)]
+    started = succeeded = 0
+    watch_from = time.monotonic()
+    with Inspecting(daemon, jpegs, args.clients) as load, HealthGaps(daemon.url) as gaps:
+        for index in tqdm(range(3), desc="soak jobs", unit="job"):
+            response = c.post(f"/products/{product_id}/train", json={"epochs": epochs})
+            started += response.status_code == 202
+            if response.status_code != 202:
+                continue
+            if index == 0:  # the upload lands while the first job trains
+                t0 = time.perf_counter()
+                uploaded = c.post(f"/products/{product_id}/captures", files=files, timeout=300)
+                upload_seconds = time.perf_counter() - t0
+                assert uploaded.status_code == 201, uploaded.text
+            job = daemon.wait_job(response.json()["id"], timeout=1800)
+            succeeded += job["status"] == "succeeded"
+    return {"jobs_started": started, "jobs_succeeded": succeeded,
+            "max_health_gap_ms": round(gaps.max_gap * 1000, 1),
+            "health_failures": gaps.failures,
+            "max_watchdog_gap_ms": round(pings.max_gap_since(watch_from) * 1000, 1),
+            "soak_inspections": load.count, "soak_errors": load.errors,
+            "upload_seconds": round(upload_seconds, 2),
+            "upload_mb": round(sum(map(len, uploads)) / 2**20, 1)}
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__)
     parser.add_argument("--data", type=Path, default=SHARED / "data")
@@ -149,10 +304,18 @@ def main() -> None:
     parser.add_argument("--no-mqtt", action="store_true", help="skip the MQTT on/off phase")
     parser.add_argument("--event-streams", type=int, default=2,
                         help="page clients on GET /events in the extra phase (0: skip it)")
+
+
+    parser.add_argument("--soak-epochs", type=int, default=3,
+                        help="epochs of each soak training job (--quick: 1)")
+    parser.add_argument("--no-soak", action="store_true", help="skip the soak phase")
     args = parser.parse_args()
     count = 200 if args.quick else args.requests
     jpegs = _jpegs(args.data)
-    daemon = Daemon(Path(tempfile.mkdtemp()) / "data")
+    root = Path(tempfile.mkdtemp())
+    pings = WatchdogListener(root / "notify.sock")
+    daemon = Daemon(root / "data", env={"NOTIFY_SOCKET": str(pings.path),
+                                        "WATCHDOG_USEC": str(WATCHDOG_USEC)})
     daemon.start()
     try:
         c = daemon.client
@@ -179,8 +342,10 @@ def main() -> None:
             c.post(f"/jobs/{training['id']}/cancel")
             daemon.wait_job(training["id"])
             main_rss = peak.main_mb
+        soak = None if args.no_soak else _soak(daemon, product["id"], jpegs, args, pings)
     finally:
         daemon.stop()
+        pings.close()
     mqtt = {} if args.no_mqtt else run_mqtt_phase(daemon.data_dir, jpegs, count, args.clients,
                                                   _hammer)
     rows = [["idle", idle["p50_ms"], idle["p99_ms"], idle["throughput_rps"], idle["errors"]],
@@ -197,6 +362,15 @@ def main() -> None:
           f"training worker {peak.worker_mb:.0f} MB")
     print("targets: p50 <= 25 ms, >= 60 inspections/s idle, 0 errors during training")
     mqtt_keys = report(mqtt) if mqtt else {}
+    if soak:
+        print(f"soak: {soak['jobs_succeeded']}/{soak['jobs_started']} training jobs succeeded "
+              f"while {args.clients} clients posted /inspect ({soak['soak_inspections']} "
+              f"inspections, {soak['soak_errors']} non-2xx); a 32-file upload of "
+              f"{soak['upload_mb']:.0f} MB of {UPLOAD_SIDE}x{UPLOAD_SIDE} PNGs took "
+              f"{soak['upload_seconds']:.1f} s")
+        print(f"largest gap between /health answers: {soak['max_health_gap_ms']:.0f} ms "
+              f"(target < 1000); between watchdog pings: {soak['max_watchdog_gap_ms']:.0f} ms "
+              f"(WATCHDOG_USEC {WATCHDOG_USEC // 1000} ms, pings every half of it)")
     emit_json({
         "p50_ms": round(idle["p50_ms"], 2), "p99_ms": round(idle["p99_ms"], 2),
         "throughput_rps": round(idle["throughput_rps"], 1),
@@ -208,7 +382,7 @@ def main() -> None:
         "training_overlapped": still == "running",
         "p50_ms_with_event_streams": round(streamed["p50_ms"], 2) if streamed else None,
         "events_delivered": streamed["events"] if streamed else None,
-    } | mqtt_keys)
+    } | mqtt_keys | (soak or {}))
 
 
 if __name__ == "__main__":

@@ -9,6 +9,8 @@ from __future__ import annotations
 from dataclasses import dataclass
 from pathlib import Path
 
+REPLAY_DIR = "replay"  # inside a model version directory: the replay store it was trained with
+
 
 @dataclass(frozen=True)
 class DataLayout:
@@ -29,6 +31,16 @@ class DataLayout:
     @property
     def models(self) -> Path:
         return self.root / "models"
+
+    def replay_of(self, version: str | None) -> Path:
+        """The replay store that goes with a model version: each version directory holds
+        its own (promotion makes model and store live together). Versions from before that
+        share the old top-level store."""
+        if version:
+            own = self.models / version / REPLAY_DIR
+            if own.is_dir():
+                return own
+        return self.replay
 
     @property
     def heads(self) -> Path:

@@ -46,6 +46,10 @@ class ApiSettings:
     port: int = 8765
     token: str = ""  # bearer token for mutating endpoints; required off loopback
     max_upload_mb: float = 10.0
+    decode_slots: int = 2  # images decoded at once (each up to 24 MP / 96 MB decoded)
+    # Host names the API answers to (DNS rebinding), comma separated, besides loopback names
+    # and api.host; "*" accepts any
+    allowed_hosts: str = ""
 
 
 @dataclass(frozen=True)
@@ -214,6 +218,11 @@ def validate(settings: Settings) -> Settings:
     checks = [
         (1 <= settings.api.port <= 65535, "api.port must be 1..65535"),
         (settings.api.max_upload_mb > 0, "api.max_upload_mb must be positive"),
+        (1 <= settings.api.decode_slots <= 64, "api.decode_slots must be 1..64"),
+        (settings.api.token == settings.api.token.strip(),
+         "api.token has leading or trailing whitespace: no client could ever send it"),
+        (settings.api.token.isascii() and settings.api.token.isprintable(),
+         "api.token must be printable ASCII (it travels in an HTTP header)"),
         (settings.model.threads >= 0, "model.threads must be >= 0"),
         (settings.training.epochs >= 1, "training.epochs must be >= 1"),
         (settings.training.recipe in ("new", "paper"), "training.recipe must be new or paper"),

@@ -27,6 +27,7 @@ class Notifier:
         if address.startswith("@"):
             address = "\0" + address[1:]
         with socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM) as sock:
+            sock.setblocking(False)  # a reader that stopped reading must not stall the loop
             try:
                 sock.sendto(message.encode(), address)
             except OSError:

@@ -125,7 +125,7 @@ def test_errors_are_json_with_the_right_status(daemon, data_root, tmp_path):
     untrained = daemon.inspect(fresh["id"], good)
     assert untrained.status_code == 409 and "no trained model" in untrained.json()["detail"]
     few = c.post(f"/products/{fresh['id']}/train")
-    assert few.status_code == 422 and "captures" in few.json()["detail"]
+    assert few.status_code == 409 and "captures" in few.json()["detail"]  # issue 10: 409
     corrupt = tmp_path / "corrupt.png"
     corrupt.write_bytes(b"\x89PNG\r\n\x1a\n" + os.urandom(200))
     assert daemon.upload(fresh["id"], [corrupt]).status_code == 422

@@ -56,7 +56,7 @@ def test_sample_draws_one_decoded_batch(tmp_path):
     assert batch.shape == (5, *SHAPE) and batch.dtype == np.float32
 
 
-def test_wrong_codec_shape_and_corruption_are_refused(tmp_path):
+def test_wrong_codec_and_shape_are_refused_corruption_is_dropped(tmp_path, caplog):
     store = ReplayStore(tmp_path, make_codec("fp16"), capacity=4)
     store.add("a", _features("a"))
     with pytest.raises(ReplayStoreError, match="created with codec fp16"):
@@ -67,8 +67,8 @@ def test_wrong_codec_shape_and_corruption_are_refused(tmp_path):
     data = bytearray(group.read_bytes())
     data[10] ^= 0xFF
     group.write_bytes(bytes(data))
-    with pytest.raises(ReplayStoreError, match="checksum"):
-        ReplayStore(tmp_path)
+    reopened = ReplayStore(tmp_path)  # a damaged group is dropped with a log line (issue 10)
+    assert reopened.products == [] and "fails its checksum" in caplog.text
 
 
 WRITER = """
@@ -126,3 +126,20 @@ def test_sigkill_at_random_points_leaves_store_before_or_after(tmp_path):
         if state:
             assert store.sample(np.random.default_rng(0), 4).shape[0] == 4
     assert mid_run >= kills // 3, "too few kills landed while the writer was working"
+
+
+def test_a_missing_group_or_corrupt_manifest_is_dropped_and_the_store_goes_on(tmp_path, caplog):
+    store = ReplayStore(tmp_path, make_codec("fp16"), capacity=4)
+    store.add("a", _features("a"))
+    store.add("b", _features("b"))
+    first = next(g for g in store.groups if g.product == "a")
+    (tmp_path / first.file).unlink()
+    reopened = ReplayStore(tmp_path, make_codec("fp16"), capacity=4)
+    assert reopened.products == ["b"] and "missing" in caplog.text
+    reopened.add("c", _features("c"))  # training goes on
+    assert ReplayStore(tmp_path).products == ["b", "c"]
+    (tmp_path / MANIFEST).write_text('{"format_version": 1, "gro')
+    fresh = ReplayStore(tmp_path, make_codec("fp16"), capacity=4)
+    assert len(fresh) == 0 and list(tmp_path.glob(f"{MANIFEST}.corrupt-*"))
+    fresh.add("d", _features("d"))
+    assert ReplayStore(tmp_path).products == ["d"]

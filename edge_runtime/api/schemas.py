@@ -4,13 +4,16 @@ from __future__ import annotations
 
 from typing import Literal
 
-from pydantic import BaseModel, Field
+from pydantic import BaseModel, ConfigDict, Field
 
-PRODUCT_NAME = r"^[A-Za-z0-9][A-Za-z0-9 _.\-]{0,63}$"
+# starts with a letter or digit; not digits only (a product reference of digits is its id)
+PRODUCT_NAME = r"^([A-Za-z]|[0-9]+[A-Za-z _.\-])[A-Za-z0-9 _.\-]*$"
 
 
 class ProductIn(BaseModel):
-    name: str = Field(pattern=PRODUCT_NAME, description="letters, digits, space, _ . -")
+    name: str = Field(pattern=PRODUCT_NAME, max_length=64,
+                      description="letters, digits, space, _ . -; starts with a letter or "
+                                  "digit; not digits only (digits refer to a product id)")
     description: str = Field(default="", max_length=500)
 
 
@@ -163,3 +166,38 @@ class ProductDeleted(BaseModel):
     deleted: bool
     in_live_model: bool
     consequences: str
+
+
+class ErrorOut(BaseModel):
+    detail: str
+
+
+class ValidationItem(BaseModel):
+    model_config = ConfigDict(extra="allow")
+    loc: list[str | int]
+    msg: str
+    type: str
+
+
+class InvalidOut(BaseModel):
+    """422: a request that failed validation (a list) or that cannot be acted on (text)."""
+
+    detail: str | list[ValidationItem]
+
+
+_MEANING = {400: "a body that does not parse, or a Host not allowed",
+            401: "missing or wrong bearer token",
+            403: "cross-origin write refused", 404: "no such resource",
+            409: "conflicts with the current state", 410: "no longer kept",
+            413: "too large (request body, or an image's decoded size)",
+            422: "invalid input", 503: "camera or model unavailable",
+            507: "the disk is full; nothing was written"}
+
+
+def errors(*codes: int) -> dict:
+    """The error statuses an endpoint can answer, for the OpenAPI document."""
+    return {code: {"model": InvalidOut if code == 422 else ErrorOut,
+                   "description": _MEANING[code]} for code in codes}
+
+
+WRITE = (400, 401, 403, 413, 422)  # mutating: unparsable, token, origin, body limit, input

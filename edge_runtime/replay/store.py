@@ -15,7 +15,9 @@ product therefore keeps a uniformly random subset, and the subsets are nested.
 from __future__ import annotations
 
 import json
+import logging
 import os
+import time
 from dataclasses import asdict, dataclass
 from pathlib import Path
 from zlib import crc32
@@ -27,6 +29,7 @@ from edge_runtime.replay.accounting import MANIFEST, summarise
 from edge_runtime.replay.codecs import Codec, Encoded, make_codec
 
 FORMAT_VERSION = 1
+log = logging.getLogger("edge_runtime.replay")
 
 
 class ReplayStoreError(RuntimeError):
@@ -60,6 +63,34 @@ def quotas(capacity: int, count: int) -> list[int]:
     return [base + (1 if i < extra else 0) for i in range(count)]
 
 
+def _set_aside_if_unreadable(manifest: Path) -> None:
+    """A manifest that does not parse is renamed aside with a log line: the store starts
+    empty (its group files are collected), and training goes on without that replay."""
+    try:
+        data = json.loads(manifest.read_text())
+        if not isinstance(data, dict) or not isinstance(data.get("groups"), list):
+            raise ValueError("not a replay store manifest")
+    except (OSError, ValueError) as exc:
+        aside = manifest.with_name(f"{manifest.name}.corrupt-{time.time_ns()}")
+        os.replace(manifest, aside)
+        log.error("replay store manifest %s is unreadable (%s); kept as %s, starting empty",
+                  manifest, exc, aside.name)
+
+
+def _readable_groups(directory: Path, groups: list[Group]) -> list[Group]:
+    """The groups whose file is present and passes its checksum; each one dropped is
+    logged (one lost product's samples must not stop every later training job)."""
+    kept = []
+    for group in groups:
+        path = directory / group.file
+        if path.is_file() and sha256_file(path) == group.sha256:
+            kept.append(group)
+        else:
+            log.error("replay group %s of product %r is missing or fails its checksum; "
+                      "dropped", path, group.product)
+    return kept
+
+
 class ReplayStore:
     def __init__(
         self,
@@ -71,6 +102,8 @@ class ReplayStore:
         self.directory = Path(directory)
         self.directory.mkdir(parents=True, exist_ok=True)
         manifest = self.directory / MANIFEST
+        if manifest.exists() and codec is not None:
+            _set_aside_if_unreadable(manifest)
         if manifest.exists():
             self._load(manifest, codec)
         else:
@@ -104,10 +137,7 @@ class ReplayStore:
         self.sample_shape = tuple(data["sample_shape"]) if data["sample_shape"] else None
         self.groups = [Group(**g) for g in data["groups"]]
         self.next_group = data["next_group"]
-        for group in self.groups:
-            path = self.directory / group.file
-            if not path.is_file() or sha256_file(path) != group.sha256:
-                raise ReplayStoreError(f"replay group {path} is missing or fails its checksum")
+        self.groups = _readable_groups(self.directory, self.groups)
 
     def _manifest_bytes(self) -> bytes:
         return json.dumps({

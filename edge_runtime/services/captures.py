@@ -6,6 +6,7 @@ request is validated before any is stored, so a bad file leaves nothing behind.
 
 from __future__ import annotations
 
+import errno
 import io
 import re
 import secrets
@@ -19,9 +20,9 @@ from edge_runtime.atomic import atomic_write_bytes
 from edge_runtime.camera import MonitoredCamera
 from edge_runtime.data_layout import DataLayout
 from edge_runtime.inference.preprocess import load_rgb
-from edge_runtime.services.errors import GoneError, InvalidRequestError, NotFoundError
+from edge_runtime.services.errors import GoneError, NotFoundError
 from edge_runtime.storage import repositories as repo
-from edge_runtime.storage.db import Database
+from edge_runtime.storage.db import Database, StorageFullError
 
 SUFFIX = {"PNG": ".png", "JPEG": ".jpg"}
 _UNSAFE = re.compile(r"[^A-Za-z0-9 _.()\-]")
@@ -48,30 +49,47 @@ class CaptureService:
 
     def add(self, product: dict, uploads: list[bytes], camera_frames: int = 0,
             names: list[str] | None = None, source: str = "upload") -> dict:
-        """Uploads and camera frames, all validated first, then stored. ``names`` are the
-        uploaded file names, kept for the operator to recognise (never used as paths)."""
-        if not uploads and not camera_frames:
-            raise InvalidRequestError("upload one or more files, or ask for camera_frames")
+        """Uploads and camera frames, all validated first, then stored all or nothing.
+        ``names`` are the uploaded file names, kept for the operator to recognise (never used
+        as paths)."""
+        if not uploads and not camera_frames:  # nothing asked, nothing added
+            return {"count": 0, "captures": []}
         names = list(names or [])
         blobs = [(data, source, clean_name(names[i] if i < len(names) else ""))
                  for i, data in enumerate(uploads)]
         blobs += [(self.camera.capture(), f"camera:{self.camera.name}", "")
                   for _ in range(camera_frames)]
         infos = [image_info(data) for data, _, _ in blobs]
-        stored = [self._store(product["id"], data, source, info, name)
-                  for (data, source, name), info in zip(blobs, infos, strict=True)]
+        stored = self._store_all(product["id"], blobs, infos)
         if self.on_stored:
             self.on_stored(product)
         return {"count": len(stored), "captures": stored}
 
-    def _store(self, product_id: int, data: bytes, source: str,
-               info: tuple[str, int, int], name: str = "") -> dict:
-        fmt, width, height = info
+    def _store_all(self, product_id: int, blobs: list[tuple[bytes, str, str]],
+                   infos: list[tuple[str, int, int]]) -> list[dict]:
+        """Every file, then every row in one transaction: all or nothing, so a failure (a
+        full disk) leaves no file without a row and no row without a file."""
+        written: list[Path] = []
+        try:
+            for data, _, _ in blobs:
+                written.append(self._write(product_id, data, infos[len(written)][0]))
+            with self.db.connect() as conn:
+                return [repo.add_capture(conn, product_id,
+                                         str(path.relative_to(self.layout.captures)), source,
+                                         width, height, len(data), name)
+                        for path, (data, source, name), (_, width, height)
+                        in zip(written, blobs, infos, strict=True)]
+        except BaseException as exc:
+            for path in written:
+                path.unlink(missing_ok=True)
+            if isinstance(exc, OSError) and exc.errno == errno.ENOSPC:
+                raise StorageFullError("the disk is full: no capture was stored") from exc
+            raise
+
+    def _write(self, product_id: int, data: bytes, fmt: str) -> Path:
         relative = Path(str(product_id)) / f"{secrets.token_hex(8)}{SUFFIX[fmt]}"
         atomic_write_bytes(self.layout.capture(relative), data)
-        with self.db.connect() as conn:
-            return repo.add_capture(conn, product_id, str(relative), source, width, height,
-                                    len(data), name)
+        return self.layout.capture(relative)
 
     def get(self, product_id: int, capture_id: int) -> dict:
         with self.db.connect(write=False) as conn:

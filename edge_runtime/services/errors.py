@@ -31,8 +31,8 @@ class JobConflictError(ConflictError):
     """Another training job is running."""
 
 
-class TooFewCapturesError(InvalidRequestError):
-    """Not enough captures to train."""
+class TooFewCapturesError(ConflictError):
+    """Not enough captures to train yet: a state to change (add captures), not bad input."""
 
 
 def found(row: dict | None, message: str) -> dict:

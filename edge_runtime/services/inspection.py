@@ -4,6 +4,7 @@ RAM, latency statistics, metrics and events."""
 from __future__ import annotations
 
 import collections
+import itertools
 import logging
 import threading
 import time
@@ -17,12 +18,18 @@ from edge_runtime.inference.thresholds import REJECT, Thresholds
 from edge_runtime.services import events
 from edge_runtime.services.errors import GoneError, found
 from edge_runtime.services.heads import HeadService
+from edge_runtime.services.health import Health
 from edge_runtime.services.map_store import MapStore, RecentMap
 from edge_runtime.services.metrics import Metrics
 from edge_runtime.services.models import ModelRegistry
 from edge_runtime.services.products import ProductService
 from edge_runtime.storage import repositories as repo
-from edge_runtime.storage.db import Database
+from edge_runtime.storage.db import Database, StorageFullError
+
+log = logging.getLogger("edge_runtime.inspection")
+# ids of inspections whose record could not be written (disk full): far above any row id,
+# so their maps stay reachable in RAM and never collide with a later record
+UNRECORDED_BASE = 2**62
 
 log = logging.getLogger("edge_runtime.inspection")
 
@@ -62,11 +69,13 @@ class InspectionService:
     def __init__(self, db: Database, registry: ModelRegistry, products: ProductService,
                  metrics: Metrics, bus: events.EventBus, keep_recent_maps: int,
                  keep_records: int = 100_000, maps: MapStore | None = None,
-                 heads: HeadService | None = None) -> None:
+                 heads: HeadService | None = None, health: Health | None = None) -> None:
         self.db, self.registry, self.products = db, registry, products
-        self.maps, self.heads = maps, heads
+        self.maps, self.heads, self.health = maps, heads, health
         self._writer = ThreadPoolExecutor(1, thread_name_prefix="maps")
         self._pending = 0
+        self.dropped_records = 0
+        self._unrecorded = itertools.count(UNRECORDED_BASE)
         self.metrics, self.bus = metrics, bus
         self.keep_records = keep_records
         self._lock = threading.Lock()
@@ -99,12 +108,8 @@ class InspectionService:
         rgb = answerer.inferencer.load(data)
         prediction = answerer.inferencer.predict(rgb, thresholds)
         seconds = time.perf_counter() - started
-        with self.db.connect(durable=False) as conn:
-            inspection_id = repo.add_inspection(conn, product["id"], prediction.score,
-                                                prediction.label, thresholds.image,
-                                                seconds * 1000, answerer.version, source)
-            if inspection_id % self.PRUNE_EVERY == 0:
-                repo.prune_inspections(conn, self.keep_records)
+        inspection_id = self._record(product["id"], prediction.score, prediction.label,
+                                     thresholds.image, seconds * 1000, answerer.version, source)
         self.metrics.observe_inspection(product["name"], prediction.label, seconds)
         recent = RecentMap(rgb, prediction.anomaly_map.astype(np.float16), thresholds,
                            prediction.score, prediction.label)
@@ -123,6 +128,28 @@ class InspectionService:
             "source": source, "created_at": time.time(),
             "map_url": f"/inspections/{inspection_id}/map.png"})
         return record
+
+    def _record(self, product_id: int, score: float, label: str, threshold: float,
+                latency_ms: float, version: str, source: str) -> int:
+        """The inspection's row id. On a full disk the verdict still goes out: the record is
+        counted and dropped, and the map stays in RAM under an id no row will ever have."""
+        try:
+            with self.db.connect(durable=False) as conn:
+                inspection_id = repo.add_inspection(conn, product_id, score, label, threshold,
+                                                    latency_ms, version, source)
+                if inspection_id % self.PRUNE_EVERY == 0:
+                    repo.prune_inspections(conn, self.keep_records)
+        except StorageFullError as exc:
+            self.dropped_records += 1
+            if self.dropped_records == 1 or self.dropped_records % 1000 == 0:
+                log.error("%s: %d inspection record(s) dropped", exc, self.dropped_records)
+            if self.health:
+                self.health.set("records", f"disk full: {self.dropped_records} inspection "
+                                           f"record(s) dropped; verdicts keep flowing")
+            return next(self._unrecorded)
+        if self.dropped_records and self.health:
+            self.health.clear("records")  # space came back; the count stays in /status
+        return inspection_id
 
     def get(self, inspection_id: int) -> dict:
         with self.db.connect(write=False) as conn:

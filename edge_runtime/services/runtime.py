@@ -2,13 +2,16 @@
 
 from __future__ import annotations
 
+import logging
 from dataclasses import dataclass
 
 from edge_runtime.camera import MonitoredCamera, make_camera
+from edge_runtime.inference.preprocess import set_decode_slots
 from edge_runtime.services.captures import CaptureService
 from edge_runtime.services.events import EventBus
 from edge_runtime.services.fleet_metrics import register_fleet_metrics
 from edge_runtime.services.heads import HeadOptions, HeadService
+from edge_runtime.services.health import Health
 from edge_runtime.services.inspection import InspectionService
 from edge_runtime.services.jobs import JobManager
 from edge_runtime.services.line import LineService
@@ -20,7 +23,9 @@ from edge_runtime.services.removal import ProductRemoval
 from edge_runtime.services.review import ReviewService
 from edge_runtime.services.status import StatusService
 from edge_runtime.settings import Settings
-from edge_runtime.storage.db import Database
+from edge_runtime.storage.db import open_database
+
+log = logging.getLogger("edge_runtime")
 
 
 @dataclass(frozen=True)
@@ -39,14 +44,21 @@ class Runtime:
     reviews: ReviewService
     removal: ProductRemoval
     heads: HeadService
+    health: Health
 
 
 def build_runtime(settings: Settings) -> Runtime:
     """Open state, fail jobs a crash interrupted, load the last good model."""
     layout = settings.layout
     layout.root.mkdir(parents=True, exist_ok=True)
-    db = Database(layout.db)
+    set_decode_slots(settings.api.decode_slots)
+    db, damaged = open_database(layout.db)
+    db.keep_open()
     bus, metrics = EventBus(), Metrics()
+    health = Health(layout.root)
+    if damaged:
+        log.error(damaged)
+        health.set("state", damaged)
     models = ModelRegistry(layout.models, settings.model.threads, settings.model.spinning,
                            providers=settings.model.providers)
     jobs = JobManager(settings, db, models, bus)
@@ -69,12 +81,14 @@ def build_runtime(settings: Settings) -> Runtime:
     maps = MapStore(layout.maps, int(settings.inspection.keep_maps_mb * 2**20))
     inspections = InspectionService(db, models, products, metrics, bus,
                                     settings.inspection.keep_recent_maps,
-                                    settings.inspection.keep_records, maps, heads=heads)
+                                    settings.inspection.keep_records, maps, heads=heads,
+                                    health=health)
     line = LineService(settings.serial, products, camera, inspections)
-    status = StatusService(settings, models, products, jobs, inspections, camera, line, heads)
+    status = StatusService(settings, models, products, jobs, inspections, camera, line, heads,
+                           health)
     metrics.add_state(status.collect)
     register_fleet_metrics(metrics.registry, db, models, line)
     reviews = ReviewService(db, layout, inspections, products, captures, bus)
     removal = ProductRemoval(db, products, captures, inspections, jobs, bus)
     return Runtime(settings, bus, metrics, models, products, captures, inspections, jobs, line,
-                   status, camera, reviews, removal, heads)
+                   status, camera, reviews, removal, heads, health)

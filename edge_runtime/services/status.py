@@ -12,6 +12,7 @@ import edge_runtime
 from edge_runtime.camera import MonitoredCamera
 from edge_runtime.replay.accounting import read_accounting
 from edge_runtime.services.heads import HeadService
+from edge_runtime.services.health import Health
 from edge_runtime.services.inspection import STUDENT, InspectionService
 from edge_runtime.services.jobs import JobManager
 from edge_runtime.services.line import LineService
@@ -62,12 +63,31 @@ JOB_KEYS = ("id", "product_id", "status", "phase", "percent", "epoch", "epochs",
 class StatusService:
     def __init__(self, settings: Settings, registry: ModelRegistry, products: ProductService,
                  jobs: JobManager, inspections: InspectionService, camera: MonitoredCamera,
-                 line: LineService, heads: HeadService | None = None) -> None:
+                 line: LineService, heads: HeadService | None = None,
+                 health: Health | None = None) -> None:
         self.settings, self.registry, self.products = settings, registry, products
         self.jobs, self.inspections, self.camera, self.line = jobs, inspections, camera, line
         self.heads = heads
         self.started_at = time.time()
         self.worker = WorkerMemory()
+        self.health = health or Health(settings.layout.root)
+
+    def _replay(self, version: str | None) -> dict | None:
+        """The live version's replay store; damage is a degraded state, never a 500."""
+        directory = self.settings.layout.replay_of(version)
+        try:
+            accounting = read_accounting(directory)
+        except (OSError, ValueError, KeyError, TypeError) as exc:
+            self.health.set("replay", f"replay store {directory} is unreadable ({exc}); the "
+                                      f"next training job starts it afresh")
+            return None
+        self.health.clear("replay")
+        return accounting
+
+    def health_view(self) -> dict:
+        """/health: ok, or degraded with what is wrong (verdicts flow either way)."""
+        problems = self.health.problems()
+        return {"status": "degraded" if problems else "ok", "problems": problems}
 
     def collect(self) -> dict:
         live = self.registry.live
@@ -83,14 +103,16 @@ class StatusService:
             "worker": self.worker.read(job),  # the training worker's RSS, during a job
             "inference_latency": self.inspections.latency_stats(),
             "macs": live.manifest.training.get("macs") if live else None,
-            "replay_store": read_accounting(self.settings.layout.replay),
+            "replay_store": self._replay(live.version if live else None),
             "heads": self.heads.status() if self.heads else None,
             "camera": {"kind": self.camera.name, "error": self.camera.error},
             "torch_imported": "torch" in sys.modules,  # must stay False: training is a worker's
+            "dropped_inspection_records": self.inspections.dropped_records,
             "platform": {"machine": platform.machine(), "python": platform.python_version()},
             # what ONNX Runtime really runs on (model.providers, minus what it fell back from)
             "providers": live.inferencer.session.get_providers() if live else None,
         }
+        status["problems"] = self.health.problems()
         line = self.line.status()
         if line is not None:
             status["serial_bridge"] = line

@@ -10,7 +10,9 @@ reads; synchronous=FULL so a committed row survives power loss.
 from __future__ import annotations
 
 import contextlib
+import os
 import sqlite3
+import time
 from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
@@ -99,24 +101,70 @@ def _migrate(conn: sqlite3.Connection) -> None:
         conn.execute(NAME_INDEX)
 
 
+BUSY_TIMEOUT_S = 30.0
+SQLITE_FULL = 13
+
+
+class StorageFullError(RuntimeError):
+    """The disk is full: this write was not made (HTTP 507); reads still work."""
+
+
+def _full(exc: BaseException) -> bool:
+    return getattr(exc, "sqlite_errorcode", None) == SQLITE_FULL or "disk is full" in str(exc)
+
+
+def _statements(script: str) -> list[str]:
+    """The schema's statements one by one (executescript would COMMIT on its own)."""
+    body = "\n".join(line.split("--")[0] for line in script.splitlines())
+    return [s.strip() for s in body.split(";") if s.strip()]
+
+
+def _has_tables(conn: sqlite3.Connection) -> bool:
+    names = {r[0] for r in conn.execute("SELECT name FROM sqlite_master WHERE type='table'")}
+    return {"products", "captures", "jobs", "inspections"} <= names
+
+
 class Database:
-    def __init__(self, path: str | Path) -> None:
+    def __init__(self, path: str | Path, create: bool = True) -> None:
+        """``create=False`` (the training worker): the daemon made the schema; touch nothing."""
         self.path = Path(path)
+        if not create:
+            return
         self.path.parent.mkdir(parents=True, exist_ok=True)
-        conn = sqlite3.connect(self.path, timeout=30, isolation_level=None)
+        conn = sqlite3.connect(self.path, timeout=BUSY_TIMEOUT_S, isolation_level=None)
         try:
-            conn.execute("PRAGMA journal_mode=WAL")
+            conn.execute(f"PRAGMA busy_timeout={int(BUSY_TIMEOUT_S * 1000)}")
+            if conn.execute("PRAGMA journal_mode").fetchone()[0].lower() != "wal":
+                conn.execute("PRAGMA journal_mode=WAL")
+            # IMMEDIATE: take the write lock up front, waiting for it. A deferred BEGIN that
+            # reads, then writes, gets SQLITE_BUSY at once in WAL mode when another process
+            # (the API recording inspections) committed in between: no busy wait applies.
+            conn.execute("BEGIN IMMEDIATE")
             version = conn.execute("PRAGMA user_version").fetchone()[0]
             if version > SCHEMA_VERSION:
+                conn.execute("ROLLBACK")
                 raise RuntimeError(f"{self.path}: schema version {version} is newer than "
                                    f"this edge-runtime ({SCHEMA_VERSION})")
-            conn.executescript(f"BEGIN;{SCHEMA}COMMIT;")
-            conn.execute("BEGIN IMMEDIATE")
-            _migrate(conn)
-            conn.execute(f"PRAGMA user_version={SCHEMA_VERSION}")
+            if version < SCHEMA_VERSION or not _has_tables(conn):
+                for statement in _statements(SCHEMA):
+                    conn.execute(statement)
+                _migrate(conn)
+                conn.execute(f"PRAGMA user_version={SCHEMA_VERSION}")
             conn.execute("COMMIT")
         finally:
+            if conn.in_transaction:
+                conn.execute("ROLLBACK")
             conn.close()
+
+    def keep_open(self) -> None:
+        """Hold one idle connection for the life of the process. SQLite removes the -wal and
+        -shm files when its last connection closes and must create them again on the next
+        open, which fails on a full disk: every read would then fail too. With them kept,
+        reads always work and writes fail cleanly (SQLITE_FULL) until space returns."""
+        if getattr(self, "_keeper", None) is None:
+            self._keeper = sqlite3.connect(self.path, check_same_thread=False,
+                                           isolation_level=None)
+            self._keeper.execute("SELECT COUNT(*) FROM sqlite_master").fetchone()
 
     @contextmanager
     def connect(self, write: bool = True, durable: bool = True) -> Iterator[sqlite3.Connection]:
@@ -124,18 +172,66 @@ class Database:
         the lock up front (BEGIN IMMEDIATE) so two writers never deadlock on upgrade.
         ``durable=False`` (inspection records, dozens a second) skips the fsync per commit:
         a process crash loses nothing, a power cut at most the last moments of records."""
-        conn = sqlite3.connect(self.path, timeout=30, isolation_level=None)
+        conn = sqlite3.connect(self.path, timeout=BUSY_TIMEOUT_S, isolation_level=None)
         conn.row_factory = sqlite3.Row
         conn.execute(f"PRAGMA synchronous={'FULL' if durable else 'NORMAL'}")
         conn.execute("PRAGMA foreign_keys=ON")
-        conn.execute("PRAGMA busy_timeout=30000")
+        conn.execute(f"PRAGMA busy_timeout={int(BUSY_TIMEOUT_S * 1000)}")
         try:
             conn.execute("BEGIN IMMEDIATE" if write else "BEGIN")
             yield conn
             conn.execute("COMMIT")
-        except BaseException:
+        except BaseException as exc:
             if conn.in_transaction:
-                conn.execute("ROLLBACK")
+                with contextlib.suppress(sqlite3.Error):
+                    conn.execute("ROLLBACK")
+            if isinstance(exc, sqlite3.OperationalError) and _full(exc):
+                raise StorageFullError(f"the disk holding {self.path.name} is full; "
+                                       f"free some space") from exc
             raise
         finally:
             conn.close()
+
+
+def damage(path: Path) -> str | None:
+    """Why the database file at ``path`` cannot be trusted, or None (also when absent).
+
+    A 0-byte file is a valid empty database to SQLite: opening it would silently start with
+    no products over an operator's data. A truncated or garbled one fails its checks."""
+    if not path.exists():
+        return None
+    if path.stat().st_size == 0:
+        return "the file is empty (0 bytes)"
+    try:
+        conn = sqlite3.connect(path, timeout=BUSY_TIMEOUT_S, isolation_level=None)
+        try:
+            result = conn.execute("PRAGMA quick_check").fetchone()[0]
+        finally:
+            conn.close()
+    except sqlite3.DatabaseError as exc:
+        return str(exc)
+    return None if result == "ok" else str(result)
+
+
+def open_database(path: Path) -> tuple[Database, str | None]:
+    """The daemon's database, and a message when a damaged one was set aside.
+
+    Recovery is explicit: the damaged file (with its WAL) is kept as
+    ``state.db.damaged-<time>`` for the operator, the daemon starts with an empty schema and
+    says so in one log line and in /status, /health (never silently empty, never a crash
+    loop under systemd)."""
+    problem = damage(path)
+    if problem is None:
+        try:
+            return Database(path), None
+        except sqlite3.DatabaseError as exc:
+            problem = str(exc)
+    stamp = time.strftime("%Y%m%dT%H%M%S")
+    aside = path.with_name(f"{path.name}.damaged-{stamp}")
+    for suffix in ("", "-wal", "-shm"):
+        part = path.with_name(path.name + suffix)
+        if part.exists():
+            os.replace(part, aside.with_name(aside.name + suffix))
+    message = (f"{path} was damaged ({problem}); kept as {aside.name}; started with an empty "
+               f"database: products and captures must be added again")
+    return Database(path), message

@@ -9,6 +9,9 @@ from typing import Any
 
 Row = dict[str, Any]
 ACTIVE_JOB_STATES = ("queued", "running")
+# the worker's last phase: its version directory is complete (model and replay store) and
+# waits for the API to promote it; only then is the job "succeeded"
+TRAINED_PHASE = "trained"
 _ACTIVE = "(" + ", ".join(f"'{state}'" for state in ACTIVE_JOB_STATES) + ")"  # SQL literal
 
 
@@ -98,6 +101,10 @@ def update_job(conn, job_id: int, only_if_active: bool = False, **values: Any) -
 
 def count_jobs_by_status(conn) -> dict[str, int]:
     return dict(conn.execute("SELECT status, COUNT(*) FROM jobs GROUP BY status").fetchall())
+
+
+def active_jobs(conn) -> list[Row]:
+    return [dict(r) for r in conn.execute(f"SELECT * FROM jobs WHERE status IN {_ACTIVE}")]
 
 
 def fail_interrupted_jobs(conn, reason: str) -> int:

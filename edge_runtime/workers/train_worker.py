@@ -15,22 +15,28 @@ import os
 import shutil
 import signal
 import sys
+import threading
 import time
 import traceback
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from edge_runtime.data_layout import DataLayout
+from edge_runtime.atomic import fsync_dir
+from edge_runtime.data_layout import REPLAY_DIR, DataLayout
 from edge_runtime.dataset import spread
 from edge_runtime.inference import model_dir as md
 from edge_runtime.memory import limit_malloc_arenas, trim_heap
+from edge_runtime.replay.snapshot import snapshot_store
 from edge_runtime.settings import Settings
 from edge_runtime.storage import repositories as repo
 from edge_runtime.storage.db import Database
 
 
 def set_parent_death_signal() -> None:
-    """Linux: die with the daemon, so a kill -9 of the daemon leaves no orphan trainer."""
+    """Linux: die with the daemon, so a kill -9 of the daemon leaves no orphan trainer.
+
+    PR_SET_PDEATHSIG fires when the parent *thread* exits: the daemon spawns workers from
+    its long-lived job monitor thread (services/jobs.py), never from a request thread."""
     with contextlib.suppress(OSError):
         ctypes.CDLL("libc.so.6", use_errno=True).prctl(1, signal.SIGKILL)  # PR_SET_PDEATHSIG
 
@@ -40,6 +46,20 @@ PHASE_PERCENT = {"loading": 0.0, "features": 3.0, "training": 25.0, "saving": 85
                  "calibrating": 90.0, "promoting": 98.0}
 SAVE_SECONDS = 3.0  # ONNX export + checksums of a model directory, measured on 2 cores
 CALIBRATION_COST = 1.5  # merged graph per image vs trunk per image (both in ORT)
+
+
+def watch_parent(parent: int, interval: float = 0.5) -> threading.Thread:
+    """Second line of defence, in every phase (features, saving, calibrating): exit as soon
+    as the daemon process is gone (this process is re-parented), and only then."""
+
+    def watch() -> None:
+        while os.getppid() == parent:
+            time.sleep(interval)
+        os._exit(3)
+
+    thread = threading.Thread(target=watch, name="parent-watch", daemon=True)
+    thread.start()
+    return thread
 
 
 class JobReporter:
@@ -165,7 +185,8 @@ def load_job(db: Database, layout: DataLayout, job_id: int, settings: Settings) 
                     forget)
 
 
-def train(job: JobInput, settings: Settings, layout: DataLayout, reporter: JobReporter):
+def train(job: JobInput, settings: Settings, layout: DataLayout, reporter: JobReporter,
+          replay_dir: Path):
     """The recipe, continuing from the live student, with replay of earlier products."""
     limit_malloc_arenas()  # before torch and ORT start their threads
     import torch
@@ -199,7 +220,7 @@ def train(job: JobInput, settings: Settings, layout: DataLayout, reporter: JobRe
         bundle.load_student(previous)
     fixed = {"epochs": job.epochs, "target_steps": 0} if job.epochs else {}
     config = TrainConfig.for_recipe(cfg.recipe, seed=cfg.seed, **fixed)
-    trainer = ContinualTrainer(bundle, "replay", cfg.codec, layout.replay, cfg.replay_samples,
+    trainer = ContinualTrainer(bundle, "replay", cfg.codec, replay_dir, cfg.replay_samples,
                                config, checkpoint=cfg.low_memory)
     for name in job.forget:  # deleted products: no longer rehearsed
         if trainer.store is not None:
@@ -215,24 +236,60 @@ def train(job: JobInput, settings: Settings, layout: DataLayout, reporter: JobRe
         policy=calibration_policy(cfg.recipe))
 
 
+def stage_replay(layout: DataLayout, job: JobInput) -> Path:
+    """The job trains against its own copy of the live replay store (hard links: group files
+    are immutable), so nothing shared changes until the new version is promoted."""
+    stage = layout.job_work(job.job_id) / "replay"
+    shutil.rmtree(stage, ignore_errors=True)
+    source = layout.replay_of(job.current)
+    if source.is_dir():
+        snapshot_store(source, stage)
+    return stage
+
+
 def run(job_id: int, settings: Settings, parent: int) -> int:
     from edge_runtime.training.loop import TrainingCancelled
 
     layout = settings.layout
-    db = Database(layout.db)
+    db = Database(layout.db, create=False)
     reporter = JobReporter(db, job_id, parent)
     job = load_job(db, layout, job_id, settings)
     try:
-        learned = train(job, settings, layout, reporter)
+        learned = train(job, settings, layout, reporter, stage_replay(layout, job))
     except TrainingCancelled:
         with db.connect() as conn:
             repo.update_job(conn, job_id, only_if_active=True, status="cancelled",
                             finished_at=time.time(), phase="cancelled")
         return 0
-    # still "running": the API process marks it succeeded once the version serves
+    # The version directory becomes complete with its replay store, then the API promotes
+    # it and only then says "succeeded" (services/jobs.py; JobManager.recover after a crash).
+    install_replay(layout.job_work(job_id) / "replay", learned.directory)
     reporter.phase("promoting")
-    reporter.update(force=True, version=learned.directory.name, eta_seconds=0.5)
+    with db.connect() as conn:
+        repo.update_job(conn, job_id, only_if_active=True, version=learned.directory.name,
+                        phase=repo.TRAINED_PHASE, eta_seconds=0.5)
     return 0
+
+
+def install_replay(stage: Path, version_dir: Path) -> None:
+    """Move the job's replay store into its version directory (one rename, same disk)."""
+    target = version_dir / REPLAY_DIR
+    if target.exists():
+        shutil.rmtree(target)
+    os.replace(stage, target)
+    fsync_dir(version_dir)
+
+
+def record_failure(settings: Settings, job_id: int, exc: BaseException) -> None:
+    """Best effort: the error on the job, waiting out a busy database; if even that fails,
+    the API marks the job failed from the exit code and the log's last line."""
+    try:
+        db = Database(settings.layout.db, create=False)
+        with db.connect() as conn:
+            repo.update_job(conn, job_id, only_if_active=True, status="failed",
+                            error=f"{type(exc).__name__}: {exc}", finished_at=time.time())
+    except Exception:  # noqa: BLE001 - the exit code still tells the API
+        traceback.print_exc()
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -241,15 +298,13 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--settings-file", type=Path, required=True)
     parser.add_argument("--parent", type=int, default=os.getppid())
     args = parser.parse_args(argv)
+    watch_parent(args.parent)
     settings = Settings.from_json(args.settings_file.read_text())
     try:
         return run(args.job, settings, args.parent)
     except Exception as exc:  # noqa: BLE001 - every failure is reported on the job
         traceback.print_exc()
-        db = Database(settings.layout.db)
-        with db.connect() as conn:
-            repo.update_job(conn, args.job, only_if_active=True, status="failed",
-                            error=f"{type(exc).__name__}: {exc}", finished_at=time.time())
+        record_failure(settings, args.job, exc)
         return 1
     finally:
         shutil.rmtree(settings.layout.job_work(args.job), ignore_errors=True)

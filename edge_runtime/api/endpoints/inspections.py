@@ -12,22 +12,24 @@ from fastapi.concurrency import run_in_threadpool
 from fastapi.responses import Response
 
 from edge_runtime.api.deps import InspectionId, InspectionsDep, Mutating, ProductsDep, SettingsDep
-from edge_runtime.api.schemas import InspectionOut
+from edge_runtime.api.schemas import WRITE, InspectionOut, errors
 from edge_runtime.api.uploads import read_upload
 from edge_runtime.inference.overlay import map_png16 as encode_png16
 from edge_runtime.inference.overlay import verdict_overlay_png
 
 router = APIRouter(tags=["inspections"])
-PNG = {200: {"content": {"image/png": {}}}}
+PNG = {200: {"content": {"image/png": {}}}} | errors(404, 410, 422)
 
 
-@router.post("/inspect", response_model=InspectionOut, dependencies=[Mutating])
+@router.post("/inspect", response_model=InspectionOut, dependencies=[Mutating],
+             responses=errors(*WRITE, 404, 409, 503))
 async def inspect(
     inspections: InspectionsDep,
     products: ProductsDep,
     settings: SettingsDep,
     file: Annotated[UploadFile, File(description="PNG or JPEG image")],
-    product: Annotated[str, Form(max_length=64, description="product id or name")],
+    product: Annotated[str, Form(min_length=1, max_length=64,
+                                     description="product id or name")],
 ) -> InspectionOut:
     row = products.resolve(product)
     data = await read_upload(file, int(settings.api.max_upload_mb * 2**20))
@@ -36,7 +38,7 @@ async def inspect(
     return InspectionOut(**asdict(record), map_url=f"/inspections/{record.id}/map.png")
 
 
-@router.get("/inspections/{inspection_id}")
+@router.get("/inspections/{inspection_id}", responses=errors(404, 422))
 def get_inspection(inspection_id: InspectionId, inspections: InspectionsDep) -> dict:
     return inspections.get(inspection_id)
 
@@ -62,7 +64,8 @@ def map_png16(inspection_id: InspectionId, inspections: InspectionsDep) -> Respo
 
 
 @router.get("/inspections/{inspection_id}/map.npy", response_class=Response,
-            responses={200: {"content": {"application/octet-stream": {}}}})
+            responses={200: {"content": {"application/octet-stream": {}}}}
+            | errors(404, 410, 422))
 def map_npy(inspection_id: InspectionId, inspections: InspectionsDep) -> Response:
     buffer = io.BytesIO()
     np.save(buffer, inspections.recent_map(inspection_id).anomaly_map.astype(np.float32))

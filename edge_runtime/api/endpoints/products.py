@@ -17,19 +17,22 @@ from edge_runtime.api.deps import (
     SettingsDep,
 )
 from edge_runtime.api.schemas import (
+    WRITE,
     CapturesOut,
     JobOut,
     ProductIn,
     ProductOut,
     ThresholdIn,
     TrainIn,
+    errors,
 )
 from edge_runtime.api.uploads import read_upload
 
 router = APIRouter(prefix="/products", tags=["products"])
 
 
-@router.post("", status_code=201, response_model=ProductOut, dependencies=[Mutating])
+@router.post("", status_code=201, response_model=ProductOut, dependencies=[Mutating],
+             responses=errors(*WRITE, 409, 507))
 def create_product(body: ProductIn, products: ProductsDep) -> ProductOut:
     return ProductOut(**products.create(body.name, body.description))
 
@@ -39,13 +42,13 @@ def list_products(products: ProductsDep) -> list[ProductOut]:
     return [ProductOut(**view) for view in products.list()]
 
 
-@router.get("/{product_id}", response_model=ProductOut)
+@router.get("/{product_id}", response_model=ProductOut, responses=errors(404, 422))
 def get_product(product: ProductDep, products: ProductsDep) -> ProductOut:
     return ProductOut(**products.view(product))
 
 
 @router.post("/{product_id}/captures", status_code=201, response_model=CapturesOut,
-             dependencies=[Mutating])
+             dependencies=[Mutating], responses=errors(*WRITE, 404, 409, 503, 507))
 async def add_captures(
     product: ProductDep,
     captures: CapturesDep,
@@ -61,7 +64,7 @@ async def add_captures(
                                                  names))
 
 
-@router.get("/{product_id}/captures", response_model=CapturesOut)
+@router.get("/{product_id}/captures", response_model=CapturesOut, responses=errors(404, 422))
 def list_captures(
     product: ProductDep,
     captures: CapturesDep,
@@ -72,7 +75,7 @@ def list_captures(
 
 
 @router.post("/{product_id}/train", status_code=202, response_model=JobOut,
-             dependencies=[Mutating])
+             dependencies=[Mutating], responses=errors(*WRITE, 404, 409, 507))
 def train(product: ProductDep, jobs: JobsDep, body: TrainIn | None = None) -> JobOut:
     params = body.model_dump(exclude_none=True) if body else {}
     return JobOut(**jobs.submit(product, params))
@@ -91,6 +94,7 @@ def head_state(product: ProductDep, heads: HeadsDep) -> dict:
     return heads.state(product["id"])
 
 
-@router.put("/{product_id}/threshold", response_model=ProductOut, dependencies=[Mutating])
+@router.put("/{product_id}/threshold", response_model=ProductOut, dependencies=[Mutating],
+            responses=errors(*WRITE, 404, 507))
 def set_threshold(product: ProductDep, body: ThresholdIn, products: ProductsDep) -> ProductOut:
     return ProductOut(**products.set_override(product["id"], body.image, body.pixel))

@@ -11,8 +11,10 @@ router = APIRouter(tags=["system"])
 
 
 @router.get("/health")
-def health() -> dict:
-    return {"status": "ok"}
+def health(status: StatusDep) -> dict:
+    """ok, or degraded (disk full, damaged state) with the problems; 200 either way: the
+    daemon still serves verdicts."""
+    return status.health_view()
 
 
 @router.get("/status")
