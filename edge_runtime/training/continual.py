@@ -9,7 +9,7 @@ kept (replay/store.py), this module decides *how* it is replayed.
 from __future__ import annotations
 
 import os
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -44,8 +44,11 @@ class TrunkReplay:
     def __len__(self) -> int:
         return len(self.store)
 
-    def sample(self, rng: np.random.Generator, count: int) -> np.ndarray:
-        return self.bundle.trunk_runner().features(self.store.sample(rng, count))
+    def epoch_batches(self, rng: np.random.Generator, steps: int,
+                      count: int) -> Iterator[np.ndarray]:
+        runner = self.bundle.trunk_runner()
+        for images in self.store.epoch_batches(rng, steps, count):
+            yield runner.features(images)
 
 
 @dataclass
@@ -69,9 +72,11 @@ class ContinualTrainer:
     strategy: str = "replay"
     codec: str = "uint8_channel"
     store_dir: str | os.PathLike[str] | None = None
-    capacity: int = 100
+    capacity: int | None = 100  # samples shared by all products (the papers' setting)
     config: TrainConfig = field(default_factory=TrainConfig)
     codec_params: dict = field(default_factory=dict)
+    budget_bytes: int | None = None  # bytes shared by all products (the operator's setting)
+    selection: str = "random"  # replay/selection.py
     store: ReplayStore | None = field(init=False, default=None)
     _seen: list[TaskData] = field(init=False, default_factory=list)
 
@@ -88,7 +93,9 @@ class ContinualTrainer:
         if self.store_dir is None:
             self.store_dir = self.bundle.work_dir / "replay"
         codec = make_codec(self.codec, **self.codec_params)
-        self.store = ReplayStore(self.store_dir, codec, self.capacity, self.config.seed)
+        self.store = ReplayStore(self.store_dir, codec, self.capacity, self.config.seed,
+                                 self.budget_bytes, self.selection)
+        self.store.set_limits(self.capacity, self.budget_bytes)  # the settings rule
 
     def prepare(self, product: str, images: Sequence[str | os.PathLike[str]],
                 progress: Callable[[int, int], None] | None = None) -> TaskData:

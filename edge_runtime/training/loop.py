@@ -2,6 +2,8 @@
 
 Each step takes a batch of the current product and, when a replay source is given, a
 batch decoded from the replay memory of earlier products (8 + 8 in the reference setup).
+The replay source plans each epoch's batches so that every stored product is replayed in
+every epoch, however many products are stored.
 """
 
 from __future__ import annotations
@@ -9,7 +11,7 @@ from __future__ import annotations
 import copy
 import math
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from typing import Protocol
 
@@ -49,11 +51,12 @@ class Progress:
 
 
 class ReplaySource(Protocol):
-    """Decoded trunk features of earlier products, drawn a batch at a time."""
+    """Decoded trunk features of earlier products, one epoch of batches at a time."""
 
     def __len__(self) -> int: ...
 
-    def sample(self, rng: np.random.Generator, count: int) -> np.ndarray: ...
+    def epoch_batches(self, rng: np.random.Generator, steps: int,
+                      count: int) -> Iterator[np.ndarray]: ...
 
 
 class TrainingCancelled(RuntimeError):
@@ -127,13 +130,15 @@ class StudentTrainer:
         for epoch in range(1, cfg.epochs + 1):
             self.student.train()
             order, losses = rng.permutation(len(features)), []
+            replayed = replay.epoch_batches(rng, steps, cfg.replay_batch_size) \
+                if use_replay else None
             for step in range(1, steps + 1):
                 if should_stop and should_stop():
                     raise TrainingCancelled("training cancelled")
                 index = order[(step - 1) * cfg.batch_size : step * cfg.batch_size]
                 batch = features[index]
-                if use_replay:
-                    batch = np.concatenate([batch, replay.sample(rng, cfg.replay_batch_size)])
+                if replayed is not None:
+                    batch = np.concatenate([batch, next(replayed)])
                 losses.append(self._step(torch.from_numpy(np.ascontiguousarray(batch))))
                 if on_progress and step < steps:
                     on_progress(Progress(epoch, cfg.epochs, step, steps, losses[-1]))
