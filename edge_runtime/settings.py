@@ -18,6 +18,7 @@ WEIGHTS_ENV = "EDGE_RUNTIME_WEIGHTS_DIR"  # read by model/weights.py, the one re
 # the replay codecs of trunk features (replay/codecs: a test keeps the two lists equal);
 # named here so that validating settings does not import the codecs
 REPLAY_FEATURE_CODECS = ("fp32", "fp16", "uint8_map", "uint8_channel", "pq", "pca")
+REPLAY_SELECTIONS = ("random", "kcenter")  # replay/selection.py (a test keeps them equal)
 CAMERA_KINDS = ("none", "directory", "picamera2")
 
 
@@ -45,12 +46,21 @@ class ModelSettings:
 @dataclass(frozen=True)
 class TrainingSettings:
     epochs: int = 10
-    codec: str = "uint8_channel"  # replay codec of trunk features
-    replay_samples: int = 100
     min_captures: int = 4
     max_images: int = 200
     threads: int = 1  # torch threads of the worker: leave a core for inspections
     seed: int = 0
+
+
+@dataclass(frozen=True)
+class ReplaySettings:
+    """The replay memory of earlier products (replay/store.py): a byte budget shared
+    equally by products, filled with as many samples as the codec fits."""
+
+    codec: str = "uint8_channel"  # codec of the stored trunk features
+    budget_bytes: int = 2_476_800  # payload + scales + codebooks, all products together
+    samples: int = 0  # optional cap on samples (all products); 0: the budget alone decides
+    selection: str = "random"  # which samples a product keeps: random | kcenter
 
 
 @dataclass(frozen=True)
@@ -80,6 +90,7 @@ class Settings:
     api: ApiSettings = field(default_factory=ApiSettings)
     model: ModelSettings = field(default_factory=ModelSettings)
     training: TrainingSettings = field(default_factory=TrainingSettings)
+    replay: ReplaySettings = field(default_factory=ReplaySettings)
     camera: CameraSettings = field(default_factory=CameraSettings)
     serial: SerialSettings = field(default_factory=SerialSettings)
     inspection: InspectionSettings = field(default_factory=InspectionSettings)
@@ -168,9 +179,12 @@ def validate(settings: Settings) -> Settings:
         (settings.api.max_upload_mb > 0, "api.max_upload_mb must be positive"),
         (settings.model.threads >= 0, "model.threads must be >= 0"),
         (settings.training.epochs >= 1, "training.epochs must be >= 1"),
-        (settings.training.codec in REPLAY_FEATURE_CODECS,
-         f"training.codec must be one of {', '.join(REPLAY_FEATURE_CODECS)}"),
-        (settings.training.replay_samples >= 1, "training.replay_samples must be >= 1"),
+        (settings.replay.codec in REPLAY_FEATURE_CODECS,
+         f"replay.codec must be one of {', '.join(REPLAY_FEATURE_CODECS)}"),
+        (settings.replay.budget_bytes >= 1, "replay.budget_bytes must be >= 1"),
+        (settings.replay.samples >= 0, "replay.samples must be >= 0 (0: no sample cap)"),
+        (settings.replay.selection in REPLAY_SELECTIONS,
+         f"replay.selection must be one of {', '.join(REPLAY_SELECTIONS)}"),
         (settings.training.min_captures >= 2, "training.min_captures must be >= 2"),
         (settings.camera.kind in CAMERA_KINDS,
          f"camera.kind must be one of {', '.join(CAMERA_KINDS)}"),

@@ -126,12 +126,14 @@ def train(job: JobInput, settings: Settings, layout: DataLayout, reporter: JobRe
                          cfg.seed, cfg.threads, work_dir=layout.job_work(job.job_id))
     if previous:
         bundle.load_student(previous)
-    trainer = ContinualTrainer(bundle, "replay", cfg.codec, layout.replay, cfg.replay_samples,
-                               TrainConfig(epochs=job.epochs, seed=cfg.seed))
+    replay, config = settings.replay, TrainConfig(epochs=job.epochs, seed=cfg.seed)
+    trainer = ContinualTrainer(bundle, "replay", replay.codec, layout.replay,
+                               replay.samples or None, config,
+                               budget_bytes=replay.budget_bytes, selection=replay.selection)
     macs = inference_macs(bundle.spec, bundle.trunk, bundle.teacher, bundle.student)
     return learn_product(
         trainer, job.product, job.images, layout.models / f"v{job.job_id:06d}", job.earlier,
-        training_info={"job": job.job_id, "macs": macs, "codec": cfg.codec},
+        training_info={"job": job.job_id, "macs": macs, "codec": replay.codec},
         hooks=Hooks(phase=reporter.phase, progress=reporter.progress,
                     should_stop=reporter.should_stop))
 
