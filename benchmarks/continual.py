@@ -138,6 +138,9 @@ def run_one(run: str, args: argparse.Namespace) -> None:
                 bar.n = (p.epoch - 1) * p.steps + p.step
                 bar.set_postfix(loss=f"{p.loss:.3f}")
 
+            replayed = trainer.store.accounting()["products"] if trainer.store else {}
+            state.setdefault("replayed_samples", []).append(
+                [v["samples"] for v in replayed.values()])  # what this task replays
             learned = learn_product(
                 trainer, category, images[category], ckpt / "model",
                 earlier={c: images[c] for c in categories[:step]},
@@ -226,6 +229,7 @@ def summarise(state: dict) -> dict | None:
     out |= {"codec": store.get("codec"), "selection": store.get("selection"),
             "budget_bytes": store.get("budget_bytes"),
             "samples_per_product": [v["samples"] for v in store.get("products", {}).values()],
+            "replayed_in_last_task": (state.get("replayed_samples") or [None])[-1],
             "additional_memory_bytes": res.get("additional_memory_bytes"),
             "train_seconds": float(sum(state["train_seconds"])),
             "peak_rss_mb": state["peak_rss_mb"],
@@ -285,23 +289,26 @@ def _sweep(runs: dict[str, dict]) -> dict[str, dict[int, dict]]:
 
 
 def sweep_table(runs: dict[str, dict]) -> str:
-    """Forgetting / pixel F1 / samples per product, one row per budget, one column per
-    codec: the equal-bytes comparison at a glance."""
+    """Forgetting / pixel F1 / samples per earlier product replayed in the last task (the
+    store keeps budget / products each, so a codec that fits none forgets), one row per
+    budget, one column per codec: the equal-bytes comparison at a glance."""
     curves = _sweep(runs)
     if not curves:
         return ""
     labels = sorted(curves)
     budgets = sorted({b for c in curves.values() for b in c})
     head = "| budget MB | " + " | ".join(labels) + " |"
-    lines = ["", "Equal bytes: forgetting / pixel F1 / samples per product", "", head,
+    lines = ["", "Equal bytes: forgetting / pixel F1 / samples per earlier product replayed "
+             "in the last task", "", head,
              "|" + "---|" * (len(labels) + 1)]
     for budget in budgets:
         cells = []
         for label in labels:
             r = curves[label].get(budget)
+            kept = r and (r.get("replayed_in_last_task") or r["samples_per_product"])
             cells.append("-" if r is None else
                          f"{r['forgetting']:.3f} / {r['pixel_f1']:.3f} / "
-                         f"{'/'.join(map(str, r['samples_per_product']))}")
+                         f"{'/'.join(map(str, kept))}")
         lines.append(f"| {budget / 1e6:g} | " + " | ".join(cells) + " |")
     return "\n".join(lines) + "\n"
 
@@ -424,7 +431,8 @@ def main() -> None:
     emit_json({"runs": {name: {k: r.get(k) for k in (
         "pixel_f1", "pixel_auroc", "pixel_ap", "aupro", "image_auroc", "image_f1",
         "operational_pixel_f1", "forgetting", "additional_memory_bytes", "budget_bytes",
-        "samples_per_product", "codec", "selection", "train_seconds", "peak_rss_mb")}
+        "samples_per_product", "replayed_in_last_task", "codec", "selection", "train_seconds",
+        "peak_rss_mb")}
         for name, r in ordered.items()}})
 
 

@@ -57,7 +57,9 @@ class ReplaySettings:
     """The replay memory of earlier products (replay/store.py): a byte budget shared
     equally by products, filled with as many samples as the codec fits."""
 
-    codec: str = "uint8_channel"  # codec of the stored trunk features
+    # codec of the stored trunk features: PQ forgot least at equal bytes in the budget sweep
+    # (benchmarks/continual.py --replay-bytes; notes of issue 17)
+    codec: str = "pq"
     budget_bytes: int = 2_476_800  # payload + scales + codebooks, all products together
     samples: int = 0  # optional cap on samples (all products); 0: the budget alone decides
     selection: str = "random"  # which samples a product keeps: random | kcenter

@@ -71,7 +71,7 @@ def test_operator_flow_two_products(daemon, data_root, tmp_path):
     assert set(status["replay_store"]["products"]) == {"bottle", "transistor"}
     store = status["replay_store"]  # the byte budget of the shipped settings, per product
     assert store["budget_bytes"] == 2_476_800 and 0 < store["bytes"] <= store["budget_bytes"]
-    assert all(kept["codec"] == "uint8_channel" and kept["samples"] > 0
+    assert all(kept["codec"] == "pq" and kept["samples"] > 0
                and kept["bytes"] <= store["budget_bytes"] // 2
                for kept in store["products"].values())
     assert status["macs"]["total"] == 207_728_640
