@@ -70,6 +70,7 @@ def test_operator_flow_two_products(daemon, data_root, tmp_path):
     assert [p["trained"] for p in status["products"]] == [True, True]
     assert set(status["replay_store"]["products"]) == {"bottle", "transistor"}
     store = status["replay_store"]  # the byte budget of the shipped settings, per product
+    assert store["selection"] == "kcenter"
     assert store["budget_bytes"] == 2_476_800 and 0 < store["bytes"] <= store["budget_bytes"]
     assert all(kept["codec"] == "pq" and kept["samples"] > 0
                and kept["bytes"] <= store["budget_bytes"] // 2
