@@ -6,6 +6,12 @@ process, so its peak RSS is its own, and writes ``<out>/runs/<model>_<strategy>.
 after every task together with a checkpoint (student weights + replay store): an
 interrupted run resumes from its last finished task, and runs started by separate
 invocations merge into one table (``results.json``, ``results.md``, ``pixel_f1.png``).
+
+Replay runs come at equal samples (``--replay-samples``, the papers' rows, named
+``paste/replay_<codec>``) and at equal bytes (``--replay-bytes`` in MB, each budget a run
+``paste/replay_<codec>@<MB>MB``: the store keeps as many samples per product as the codec
+fits). ``--selections`` adds runs with another sample selection (``+kcenter``). With more
+than one budget, ``budget_sweep.png`` plots forgetting and pixel F1 against bytes per codec.
 """
 
 from __future__ import annotations
@@ -38,12 +44,39 @@ def recipe_of(model: str) -> str:
     return "new" if model.endswith("_new") else "paper"
 
 
-def all_runs(strategies: list[str] | None, models: list[str]) -> list[str]:
+def all_runs(strategies: list[str] | None, models: list[str], budgets: list[str] | None = None,
+             selections: list[str] | None = None) -> list[str]:
+    """Run names; ``budgets`` holds "samples" (equal samples) and/or MB values."""
     runs = []
     for model in models:
         allowed = PASTE_STRATEGIES if model.startswith("paste") else STFPM_STRATEGIES
-        runs += [f"{model}/{s}" for s in allowed if strategies is None or s in strategies]
+        for s in allowed:
+            if strategies is not None and s not in strategies:
+                continue
+            if not s.startswith("replay_"):
+                runs.append(f"{model}/{s}")
+                continue
+            for selection in selections or ["random"]:
+                name = s if selection == "random" else f"{s}+{selection}"
+                runs += [f"{model}/{name}" if b == "samples" else f"{model}/{name}@{b}MB"
+                         for b in budgets or ["samples"]]
     return runs
+
+
+def parse_run(run: str) -> tuple[str, str, str, int | None]:
+    """(model, strategy, selection, budget bytes or None) of a run name."""
+    model, rest = run.split("/")
+    rest, _, megabytes = rest.partition("@")
+    strategy, _, selection = rest.partition("+")
+    budget = round(float(megabytes.removesuffix("MB")) * 1e6) if megabytes else None
+    return model, strategy, selection or "random", budget
+
+
+def run_key(run: str) -> tuple:
+    """Report order: the papers' rows first, then equal-bytes rows by budget."""
+    model, strategy, selection, budget = parse_run(run)
+    allowed = PASTE_STRATEGIES if model.startswith("paste") else STFPM_STRATEGIES
+    return (model != "paste", budget or 0, allowed.index(strategy), selection)
 
 
 # ---------------------------------------------------------------- one run (child process)
@@ -67,10 +100,11 @@ def run_one(run: str, args: argparse.Namespace) -> None:
     from edge_runtime.training.loop import TrainConfig
     from edge_runtime.training.recipe import Hooks, calibration_policy, learn_product
 
-    model, strategy = run.split("/")
+    model, strategy, selection, budget = parse_run(run)
     out = args.out / "runs"
-    state_path = out / f"{model}_{strategy}.json"
-    ckpt = out / f"{model}_{strategy}.ckpt"
+    stem = run.replace("/", "_")
+    state_path = out / f"{stem}.json"
+    ckpt = out / f"{stem}.ckpt"
     ckpt.mkdir(parents=True, exist_ok=True)
     state = json.loads(state_path.read_text()) if state_path.exists() else None
     if state and state.get("settings") != _settings(args):
@@ -85,7 +119,9 @@ def run_one(run: str, args: argparse.Namespace) -> None:
     bundle = ModelBundle(spec, seed=args.seed, threads=args.threads, work_dir=ckpt)
     kind, codec = ("replay", strategy.removeprefix("replay_")) \
         if strategy.startswith("replay_") else (strategy, "fp32")
-    trainer = ContinualTrainer(bundle, kind, codec, ckpt / "store", args.replay_samples, config)
+    trainer = ContinualTrainer(bundle, kind, codec, ckpt / "store",
+                               None if budget else args.replay_samples, config,
+                               budget_bytes=budget, selection=selection)
     done = len(state["tasks"])
     if done and (ckpt / md.STUDENT).exists():
         bundle.student.load_state_dict(torch.load(ckpt / md.STUDENT, weights_only=True))
@@ -119,6 +155,9 @@ def run_one(run: str, args: argparse.Namespace) -> None:
                 bar.n = (p.epoch - 1) * p.steps + p.step
                 bar.set_postfix(loss=f"{p.loss:.3f}")
 
+            replayed = trainer.store.accounting()["products"] if trainer.store else {}
+            state.setdefault("replayed_samples", []).append(
+                [v["samples"] for v in replayed.values()])  # what this task replays
             learned = learn_product(
                 trainer, category, images[category], ckpt / "model",
                 earlier={c: images[c] for c in categories[:step]},
@@ -294,7 +333,12 @@ def summarise(state: dict) -> dict | None:
     out["forgetting"] = average_forgetting(f1) if complete else None
     out["pixel_f1_per_step"] = [float(np.mean(r)) if r else None for r in f1]
     res = state.get("resources", {})
-    out |= {"additional_memory_bytes": res.get("additional_memory_bytes"),
+    store = res.get("replay_store") or {}
+    out |= {"codec": store.get("codec"), "selection": store.get("selection"),
+            "budget_bytes": store.get("budget_bytes"),
+            "samples_per_product": [v["samples"] for v in store.get("products", {}).values()],
+            "replayed_in_last_task": (state.get("replayed_samples") or [None])[-1],
+            "additional_memory_bytes": res.get("additional_memory_bytes"),
             "train_seconds": float(sum(state["train_seconds"])),
             "peak_rss_mb": state["peak_rss_mb"],
             "peak_rss_eval_mb": state.get("peak_rss_eval_mb"),
@@ -312,7 +356,8 @@ def write_reports(out: Path, runs: dict[str, dict]) -> None:
     atomic_write_bytes(out / "results.json", json.dumps(runs, indent=1).encode())
     joint = {m: runs.get(f"{m}/joint", {}).get("pixel_f1") for m in MODELS}
     head = ("| run | pixel F1 | op. pixel F1 | pixel AUROC | pixel AP | AU-PRO | image AUROC "
-            "| image F1 | forgetting | gap to JT (pixel F1) | add. memory MB | arch. MB "
+            "| image F1 | forgetting | gap to JT (pixel F1) | add. memory MB | samples/product "
+            "| arch. MB "
             "| inf. MMACs | train MMACs/step | train s | peak RSS MB | inf. ms |")
     lines = [head, "|" + "---|" * (head.count("|") - 1)]
 
@@ -327,13 +372,83 @@ def write_reports(out: Path, runs: dict[str, dict]) -> None:
             f"| {f(r['pixel_auroc'])} | {f(r['pixel_ap'])} | {f(r['aupro'])} "
             f"| {f(r['image_auroc'])} | {f(r['image_f1'])} | {f(r['forgetting'])} | {f(gap)} "
             f"| {f((r['additional_memory_bytes'] or 0) / 1e6, 2)} "
+            f"| {'/'.join(map(str, r.get('samples_per_product') or [])) or '-'} "
             f"| {f(r['architecture_memory_mb'])} | {f((r['inference_macs'] or 0) / 1e6, 1)} "
             f"| {f((r['training_macs_per_step'] or 0) / 1e6, 0)} | {f(r['train_seconds'], 0)} "
             f"| {f(r['peak_rss_mb'], 0)} | {f(r['inference_ms'], 2)} |")
-    table = "\n".join(lines) + "\n"
+    table = "\n".join(lines) + "\n" + sweep_table(runs)
     atomic_write_bytes(out / "results.md", table.encode())
     print(table)
     _plot(out, runs)
+    _plot_sweep(out, runs)
+
+
+def _sweep(runs: dict[str, dict]) -> dict[str, dict[int, dict]]:
+    """Equal-bytes runs as {codec[+selection]: {budget bytes: summary}}."""
+    curves: dict[str, dict[int, dict]] = {}
+    for name, r in runs.items():
+        model, strategy, selection, budget = parse_run(name)
+        if budget is None or model != "paste":
+            continue
+        label = strategy.removeprefix("replay_") + ("" if selection == "random"
+                                                    else f"+{selection}")
+        curves.setdefault(label, {})[budget] = r
+    return curves
+
+
+def sweep_table(runs: dict[str, dict]) -> str:
+    """Forgetting / pixel F1 / samples per earlier product replayed in the last task (the
+    store keeps budget / products each, so a codec that fits none forgets), one row per
+    budget, one column per codec: the equal-bytes comparison at a glance."""
+    curves = _sweep(runs)
+    if not curves:
+        return ""
+    labels = sorted(curves)
+    budgets = sorted({b for c in curves.values() for b in c})
+    head = "| budget MB | " + " | ".join(labels) + " |"
+    lines = ["", "Equal bytes: forgetting / pixel F1 / samples per earlier product replayed "
+             "in the last task", "", head,
+             "|" + "---|" * (len(labels) + 1)]
+    for budget in budgets:
+        cells = []
+        for label in labels:
+            r = curves[label].get(budget)
+            kept = r and (r.get("replayed_in_last_task") or r["samples_per_product"])
+            cells.append("-" if r is None else
+                         f"{r['forgetting']:.3f} / {r['pixel_f1']:.3f} / "
+                         f"{'/'.join(map(str, kept))}")
+        lines.append(f"| {budget / 1e6:g} | " + " | ".join(cells) + " |")
+    return "\n".join(lines) + "\n"
+
+
+def _plot_sweep(out: Path, runs: dict[str, dict]) -> None:
+    curves = {k: v for k, v in _sweep(runs).items() if len(v) > 1}
+    if not curves:
+        return
+    try:
+        import matplotlib
+
+        matplotlib.use("Agg")
+        import matplotlib.pyplot as plt
+    except ImportError:
+        return
+    fig, (left, right) = plt.subplots(1, 2, figsize=(10, 4))
+    for label, points in sorted(curves.items()):
+        xs = sorted(points)
+        style = "--" if "+" in label else "-"
+        left.plot([x / 1e6 for x in xs], [points[x]["forgetting"] for x in xs], style,
+                  marker="o", label=label)
+        right.plot([x / 1e6 for x in xs], [points[x]["pixel_f1"] for x in xs], style,
+                   marker="o", label=label)
+    for ax, ylabel in ((left, "forgetting (pixel F1)"), (right, "final pixel F1 (mean)")):
+        ax.set_xscale("log")
+        ax.set_xlabel("replay budget, MB (payload + scales + codebooks)")
+        ax.set_ylabel(ylabel)
+        ax.grid(alpha=0.3)
+    right.legend(fontsize=8)
+    fig.tight_layout()
+    fig.savefig(out / "budget_sweep.png", dpi=120)
+    plt.close(fig)
 
 
 def _plot(out: Path, runs: dict[str, dict]) -> None:
@@ -373,6 +488,10 @@ def main() -> None:
     parser.add_argument("--max-train-images", type=int, default=None)
     parser.add_argument("--max-test-images", type=int, default=None, help="per defect kind")
     parser.add_argument("--replay-samples", type=int, default=100)
+    parser.add_argument("--replay-bytes", default="samples",
+                        help="comma-separated budgets in MB (1e6 bytes), 'samples' for the "
+                             "equal-samples rows; e.g. samples,0.25,1,2.4768")
+    parser.add_argument("--selections", default="random", help="random,kcenter")
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--threads", type=int, default=0)
     parser.add_argument("--out", type=Path, default=REPO / "runs" / "continual")
@@ -400,7 +519,8 @@ def main() -> None:
         run_one(args.run_one, args)
         return
     strategies = args.strategies.split(",") if args.strategies else None
-    runs = all_runs(strategies, args.models.split(","))
+    runs = all_runs(strategies, args.models.split(","), args.replay_bytes.split(","),
+                    args.selections.split(","))
     if not runs:
         raise SystemExit("no runs match --models/--strategies")
     child_args = [a for a in sys.argv[1:]]
@@ -416,12 +536,14 @@ def main() -> None:
         summary = summarise(json.loads(path.read_text()))
         if summary:
             results[json.loads(path.read_text())["run"]] = summary
-    ordered = {r: results[r] for r in all_runs(None, list(MODELS)) if r in results}
+    ordered = {r: results[r] for r in sorted(results, key=run_key)}
     write_reports(args.out, ordered)
-    emit_json({"runs": {name: {k: r[k] for k in (
+    emit_json({"runs": {name: {k: r.get(k) for k in (
         "pixel_f1", "pixel_auroc", "pixel_ap", "aupro", "image_auroc", "image_f1",
-        "operational_pixel_f1", "forgetting", "additional_memory_bytes", "train_seconds",
-        "peak_rss_mb")} for name, r in ordered.items()}})
+        "operational_pixel_f1", "forgetting", "additional_memory_bytes", "budget_bytes",
+        "samples_per_product", "replayed_in_last_task", "codec", "selection", "train_seconds",
+        "peak_rss_mb")}
+        for name, r in ordered.items()}})
 
 
 if __name__ == "__main__":

@@ -55,16 +55,14 @@ def main() -> None:
         store = ReplayStore(tempfile.mkdtemp(), make_codec(name, **params.get(name, {})), total)
         inputs = rgb if name == "image" else features
         start = time.perf_counter()
-        for category in categories:
-            store.add(category, inputs[category])
+        kept = {c: store.add(c, inputs[c]) for c in categories}  # indices, in stored order
         encode_s = time.perf_counter() - start
         start = time.perf_counter()
         decoded = {c: store.decode_product(c) for c in categories}
         decode_s = time.perf_counter() - start
         # the store keeps every sample here (capacity == total), in its own row order
-        order = {c: store._order(c, len(inputs[c])) for c in categories}
         reference = np.concatenate([
-            (normalise(rgb[c]) if name == "image" else features[c])[order[c]]
+            (normalise(rgb[c]) if name == "image" else features[c])[kept[c]]
             for c in categories])
         rel, cos = _errors(np.concatenate([decoded[c] for c in categories]), reference)
         acc = store.accounting()

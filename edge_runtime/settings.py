@@ -34,6 +34,7 @@ CAMERA_KINDS = ("none", "directory", "picamera2", "v4l2", "gstreamer")
 V4L2_PIXEL_FORMATS = ("MJPG", "YUYV", "RGB3", "BGR3", "GREY")
 HEAD_KINDS = ("padim", "patchcore")  # inference/heads.py KINDS (a test keeps them equal)
 HEAD_COVARIANCES = ("full", "shared", "diagonal")
+REPLAY_SELECTIONS = ("random", "kcenter")  # replay/selection.py (a test keeps them equal)
 
 
 class SettingsError(ValueError):
@@ -69,13 +70,25 @@ class ModelSettings:
 class TrainingSettings:
     recipe: str = "new"  # "new" (validated schedule, map, calibration) or "paper"
     epochs: int = 10  # the paper recipe's epochs; a job may still ask for fixed epochs
-    codec: str = "uint8_channel"  # replay codec of trunk features
-    replay_samples: int = 100
     min_captures: int = 4
     max_images: int = 200
     threads: int = 1  # torch threads of the worker: leave a core for inspections
     seed: int = 0
     low_memory: bool = True  # recompute student blocks in backward: exact, -170 MB peak
+
+
+@dataclass(frozen=True)
+class ReplaySettings:
+    """The replay memory of earlier products (replay/store.py): a byte budget shared
+    equally by products, filled with as many samples as the codec fits."""
+
+    # codec of the stored trunk features: PQ forgot least at equal bytes in the budget sweep
+    # (benchmarks/continual.py --replay-bytes; notes of issue 17)
+    codec: str = "pq"
+    budget_bytes: int = 2_476_800  # payload + scales + codebooks, all products together
+    samples: int = 0  # optional cap on samples (all products); 0: the budget alone decides
+    # which samples a product keeps: random | kcenter (k-center forgot less at small shares)
+    selection: str = "kcenter"
 
 
 @dataclass(frozen=True)
@@ -124,6 +137,7 @@ class Settings:
     api: ApiSettings = field(default_factory=ApiSettings)
     model: ModelSettings = field(default_factory=ModelSettings)
     training: TrainingSettings = field(default_factory=TrainingSettings)
+    replay: ReplaySettings = field(default_factory=ReplaySettings)
     camera: CameraSettings = field(default_factory=CameraSettings)
     serial: SerialSettings = field(default_factory=SerialSettings)
     inspection: InspectionSettings = field(default_factory=InspectionSettings)
@@ -226,9 +240,12 @@ def validate(settings: Settings) -> Settings:
         (settings.model.threads >= 0, "model.threads must be >= 0"),
         (settings.training.epochs >= 1, "training.epochs must be >= 1"),
         (settings.training.recipe in ("new", "paper"), "training.recipe must be new or paper"),
-        (settings.training.codec in REPLAY_FEATURE_CODECS,
-         f"training.codec must be one of {', '.join(REPLAY_FEATURE_CODECS)}"),
-        (settings.training.replay_samples >= 1, "training.replay_samples must be >= 1"),
+        (settings.replay.codec in REPLAY_FEATURE_CODECS,
+         f"replay.codec must be one of {', '.join(REPLAY_FEATURE_CODECS)}"),
+        (settings.replay.budget_bytes >= 1, "replay.budget_bytes must be >= 1"),
+        (settings.replay.samples >= 0, "replay.samples must be >= 0 (0: no sample cap)"),
+        (settings.replay.selection in REPLAY_SELECTIONS,
+         f"replay.selection must be one of {', '.join(REPLAY_SELECTIONS)}"),
         (settings.training.min_captures >= 2, "training.min_captures must be >= 2"),
         (settings.camera.kind in CAMERA_KINDS,
          f"camera.kind must be one of {', '.join(CAMERA_KINDS)}"),
@@ -275,6 +292,25 @@ def validate(settings: Settings) -> Settings:
     return settings
 
 
+# keys that moved: an operator's config (kept across upgrades) must still start the daemon
+MOVED_KEYS = {("training", "codec"): ("replay", "codec"),
+              ("training", "replay_samples"): ("replay", "samples")}
+
+
+def _move_old_keys(values: dict, origin: str) -> dict:
+    """Old keys go to their new place (with a warning), unless the new one is also set."""
+    for (section, key), (new_section, new_key) in MOVED_KEYS.items():
+        old = values.get(section)
+        if isinstance(old, dict) and key in old:
+            value = old.pop(key)
+            target = values.setdefault(new_section, {})
+            if isinstance(target, dict) and new_key not in target:
+                target[new_key] = value
+            print(f"edge-runtime: {origin}: {section}.{key} is now {new_section}.{new_key}",
+                  file=sys.stderr)
+    return values
+
+
 def load_settings(
     path: str | os.PathLike[str] | None = None,
     environ: dict[str, str] | None = None,
@@ -289,9 +325,9 @@ def load_settings(
             raise SettingsError(f"config file {path} does not exist") from exc
         except tomllib.TOMLDecodeError as exc:
             raise SettingsError(f"config file {path} is not valid TOML: {exc}") from exc
-        settings = apply_values(settings, data, "")
+        settings = apply_values(settings, _move_old_keys(data, str(path)), "")
     environ = dict(os.environ if environ is None else environ)
-    settings = apply_values(settings, _env_overrides(environ), "")
+    settings = apply_values(settings, _move_old_keys(_env_overrides(environ), "environment"), "")
     api = {k: v for k, v in overrides.items() if k in ("host", "port") and v is not None}
     if api:
         settings = replace(settings, api=apply_values(settings.api, api, "api."))

@@ -17,10 +17,10 @@ class CountingReplay:
     def __len__(self):
         return len(self.inner)
 
-    def sample(self, rng, count):
-        batch = self.inner.sample(rng, count)
-        self.batches.append(batch.shape)
-        return batch
+    def epoch_batches(self, rng, steps, count):
+        for batch in self.inner.epoch_batches(rng, steps, count):
+            self.batches.append(batch.shape)
+            yield batch
 
     def decode_all(self):  # the teacher-target cache decodes the store once
         self.decoded = self.inner.decode_all()
@@ -58,8 +58,8 @@ def test_image_replay_goes_through_the_trunk(paste_bundle, data_root, tmp_path):
                                capacity=4, config=CONFIG)
     trainer.learn(trainer.prepare("bottle", train_images(data_root, "bottle", 8)))
     source = trainer._replay_source()
-    batch = source.sample(np.random.default_rng(0), 3)
-    assert batch.shape == (3, 24, 32, 32)
+    batches = list(source.epoch_batches(np.random.default_rng(0), 2, 3))
+    assert [b.shape for b in batches] == [(3, 24, 32, 32)] * 2
     assert trainer.store.accounting()["payload_bytes"] == 4 * 256 * 256 * 3
 
 

@@ -10,21 +10,26 @@ KEYS = {"pixel_f1", "pixel_auroc", "pixel_ap", "aupro", "image_auroc", "image_f1
         "peak_rss_mb"}
 
 
-def _run(out: Path, data_root: Path, strategies: str) -> tuple[dict, float]:
+def _run(out: Path, data_root: Path, strategies: str, *extra: str) -> tuple[dict, float]:
     """Run the quick benchmark; return its last JSON line and the wall time."""
     cmd = [sys.executable, str(REPO / "benchmarks" / "continual.py"), "--quick",
            "--data", str(data_root), "--categories", "bottle,transistor",
            "--models", "paste,stfpm", "--strategies", strategies,
-           "--max-test-images", "2", "--out", str(out)]
+           "--max-test-images", "2", "--out", str(out), *extra]
     started = time.perf_counter()
     done = subprocess.run(cmd, capture_output=True, text=True, check=True)
     return json.loads(done.stdout.strip().splitlines()[-1]), time.perf_counter() - started
 
 
 def test_quick_benchmark_end_to_end_resumes_and_merges(tmp_path, data_root):
-    first, _ = _run(tmp_path, data_root, "finetune,replay_uint8_channel")
+    first, _ = _run(tmp_path, data_root, "finetune,replay_uint8_channel",
+                    "--replay-bytes", "samples,0.1")
     assert set(first["runs"]) == {"paste/finetune", "paste/replay_uint8_channel",
-                                  "stfpm/finetune"}
+                                  "paste/replay_uint8_channel@0.1MB", "stfpm/finetune"}
+    by_bytes = first["runs"]["paste/replay_uint8_channel@0.1MB"]
+    assert by_bytes["budget_bytes"] == 100_000 and by_bytes["replayed_in_last_task"] == [4]
+    assert by_bytes["samples_per_product"] == [2, 2]  # 50 kB each: 2 x (24 kB + scales)
+    assert by_bytes["additional_memory_bytes"] == 4 * (24 * 32 * 32 + 24 * 8) <= 100_000
     for figures in first["runs"].values():
         assert set(figures) >= KEYS
         assert 0.0 <= figures["pixel_auroc"] <= 1.0
@@ -40,6 +45,7 @@ def test_quick_benchmark_end_to_end_resumes_and_merges(tmp_path, data_root):
     assert state["tasks"] == ["bottle", "transistor"] and len(state["matrix"][1]) == 2
     table = (tmp_path / "results.md").read_text()
     assert "paste/replay_image" in table and "paste/finetune" in table
+    assert "Equal bytes" in table and "\n| 0.1 | " in table
     assert (tmp_path / "pixel_f1.png").read_bytes()[:4] == b"\x89PNG"
 
 

@@ -84,6 +84,12 @@ def test_operator_flow_two_products(daemon, data_root, tmp_path):
     status = c.get("/status").json()
     assert [p["trained"] for p in status["products"]] == [True, True]
     assert set(status["replay_store"]["products"]) == {"bottle", "transistor"}
+    store = status["replay_store"]  # the byte budget of the shipped settings, per product
+    assert store["selection"] == "kcenter"
+    assert store["budget_bytes"] == 2_476_800 and 0 < store["bytes"] <= store["budget_bytes"]
+    assert all(kept["codec"] == "pq" and kept["samples"] > 0
+               and kept["bytes"] <= store["budget_bytes"] // 2
+               for kept in store["products"].values())
     # the networks as in the papers, plus the new map head's smoothing (2 x 7 taps x 64^2)
     assert status["macs"]["total"] == 207_728_640 + status["macs"]["map"]
     assert status["macs"]["map"] == 57_344
@@ -94,6 +100,8 @@ def test_operator_flow_two_products(daemon, data_root, tmp_path):
     samples = {(s.name, tuple(sorted(s.labels.items()))): s.value
                for family in text_string_to_metric_families(c.get("/metrics").text)
                for s in family.samples}
+    assert samples[("edge_runtime_replay_samples", (("product", "bottle"),))] == \
+        store["products"]["bottle"]["samples"]
     counted = sum(v for (name, labels), v in samples.items()
                   if name == "edge_runtime_inspections_total" and ("product", "bottle") in labels)
     assert counted == 3  # defect, good, defect again (the corrupt upload is refused)

@@ -1,4 +1,11 @@
-"""The on-disk replay memory: a fixed number of samples shared equally among products.
+"""The on-disk replay memory: a byte budget (or a sample count) shared equally by products.
+
+Capacity: ``budget_bytes`` is the primary limit. Each product gets an equal share of it and
+keeps as many samples as fit in that share with the store's codec, counting everything
+written for the product: payload rows, per-sample scales and shared codebooks/bases
+(accounting.group_bytes). A compact codec therefore buys more samples for the same bytes.
+``capacity`` (samples, shared equally the same way) remains for the papers' equal-samples
+comparison; when both are set both hold. The manifest itself is bookkeeping, not counted.
 
 Layout: ``store.json`` (the manifest, the one commit point) and one immutable file per
 product group (``g<N>.bin``: payload rows, then per-sample meta rows, then shared meta),
@@ -7,9 +14,10 @@ fsyncs them, then atomically replaces the manifest; files the manifest no longer
 deleted afterwards (or at the next open). A writer killed at any point leaves the store as
 before or as after. Each group's SHA-256 is checked when the store opens.
 
-Eviction policy (documented, deterministic): a product's samples are stored in a seeded
-random order, and when its quota shrinks the store keeps the first ``quota`` rows. Each
-product therefore keeps a uniformly random subset, and the subsets are nested.
+Eviction policy (documented, deterministic): a product's samples are stored in the order of
+the store's selection policy (replay/selection.py: seeded random, or greedy k-center), and
+when its share shrinks the store keeps the first rows that fit; the kept sets are nested.
+A share too small for one sample (plus the codec's shared metadata) keeps none.
 """
 
 from __future__ import annotations
@@ -18,17 +26,19 @@ import json
 import logging
 import os
 import time
+from collections.abc import Iterator
 from dataclasses import asdict, dataclass
 from pathlib import Path
-from zlib import crc32
 
 import numpy as np
 
 from edge_runtime.atomic import atomic_path, atomic_write_bytes, sha256_file
 from edge_runtime.replay.accounting import MANIFEST, summarise
 from edge_runtime.replay.codecs import Codec, Encoded, make_codec
+from edge_runtime.replay.selection import SELECTIONS, selection_order
 
-FORMAT_VERSION = 1
+FORMAT_VERSION = 1  # budget_bytes and selection were added with defaults: still version 1
+DEFAULT_CAPACITY = 100
 log = logging.getLogger("edge_runtime.replay")
 
 
@@ -46,19 +56,13 @@ class Group:
     shared_len: int
     sha256: str
 
-    @property
-    def payload_bytes(self) -> int:
-        return self.count * self.payload_width
 
-    @property
-    def metadata_bytes(self) -> int:
-        return self.count * self.meta_width + self.shared_len
-
-
-def quotas(capacity: int, count: int) -> list[int]:
+def quotas(capacity: int | None, count: int) -> list[int | None]:
     """Equal shares of ``capacity``; the remainder goes to the earliest products."""
     if count == 0:
         return []
+    if capacity is None:
+        return [None] * count
     base, extra = divmod(capacity, count)
     return [base + (1 if i < extra else 0) for i in range(count)]
 
@@ -96,26 +100,44 @@ class ReplayStore:
         self,
         directory: str | os.PathLike[str],
         codec: Codec | None = None,
-        capacity: int = 100,
+        capacity: int | None = None,
         seed: int = 0,
+        budget_bytes: int | None = None,
+        selection: str | None = None,
     ) -> None:
+        """Open the store in ``directory``, or create it (then ``codec`` is required).
+
+        Limits left as None keep what the store was created with (a new store with
+        neither limit holds ``DEFAULT_CAPACITY`` samples); limits given that differ from
+        the stored ones take effect at once (shares shrink, never regrow evicted rows).
+        ``set_limits`` replaces both, for a caller whose settings are the authority.
+        """
+        _check_limits(capacity, budget_bytes)
+        if selection is not None and selection not in SELECTIONS:
+            raise ValueError(f"unknown replay selection {selection!r}; choose from "
+                             f"{', '.join(SELECTIONS)}")
         self.directory = Path(directory)
         self.directory.mkdir(parents=True, exist_ok=True)
+        self._maps: dict[str, np.memmap] = {}
         manifest = self.directory / MANIFEST
         if manifest.exists() and codec is not None:
             _set_aside_if_unreadable(manifest)
         if manifest.exists():
             self._load(manifest, codec)
+            if selection is not None:
+                self.selection = selection  # applies to products added from now on
+            self.set_limits(self.capacity if capacity is None else capacity,
+                            self.budget_bytes if budget_bytes is None else budget_bytes)
         else:
             if codec is None:
                 raise ReplayStoreError(f"{self.directory} holds no store; name a codec")
-            if capacity < 1:
-                raise ValueError("replay capacity must be at least 1 sample")
-            self.codec, self.capacity, self.seed = codec, capacity, seed
+            if capacity is None and budget_bytes is None:
+                capacity = DEFAULT_CAPACITY
+            self.codec, self.capacity, self.budget_bytes = codec, capacity, budget_bytes
+            self.seed, self.selection = seed, selection or "random"
             self.sample_shape: tuple[int, ...] | None = None
             self.groups: list[Group] = []
             self.next_group = 0
-        self._maps: dict[str, np.memmap] = {}
         self._collect_garbage()
 
     # ---- persistence -------------------------------------------------------------------
@@ -134,6 +156,8 @@ class ReplayStore:
             )
         self.codec = stored
         self.capacity, self.seed = data["capacity"], data["seed"]
+        self.budget_bytes = data.get("budget_bytes")
+        self.selection = data.get("selection", "random")
         self.sample_shape = tuple(data["sample_shape"]) if data["sample_shape"] else None
         self.groups = [Group(**g) for g in data["groups"]]
         self.next_group = data["next_group"]
@@ -144,6 +168,8 @@ class ReplayStore:
             "format_version": FORMAT_VERSION,
             "codec": {"name": self.codec.name, "params": self.codec.params()},
             "capacity": self.capacity,
+            "budget_bytes": self.budget_bytes,
+            "selection": self.selection,
             "seed": self.seed,
             "sample_shape": list(self.sample_shape) if self.sample_shape else None,
             "next_group": self.next_group,
@@ -180,8 +206,11 @@ class ReplayStore:
                 path.unlink(missing_ok=True)
 
     # ---- reading -----------------------------------------------------------------------
-    def _rows(self, group: Group) -> tuple[np.memmap, np.memmap, bytes]:
+    def _rows(self, group: Group) -> tuple[np.ndarray, np.ndarray, bytes]:
         path = self.directory / group.file
+        if group.count == 0:
+            return (np.zeros((0, group.payload_width), np.uint8),
+                    np.zeros((0, group.meta_width), np.uint8), b"")
         if group.file not in self._maps:
             self._maps[group.file] = np.memmap(path, dtype=np.uint8, mode="r")
         raw = self._maps[group.file]
@@ -210,21 +239,6 @@ class ReplayStore:
             raise KeyError(product)
         return self._decode(group, np.arange(group.count))
 
-    def sample_indices(self, rng: np.random.Generator, count: int) -> np.ndarray:
-        """The indices (into ``decode_all()``) that ``sample`` would decode, in its order:
-        the same draws from ``rng``, so a trainer holding decoded samples sees the same
-        batches."""
-        total = len(self)
-        if total == 0:
-            raise ReplayStoreError("the replay store is empty")
-        picks = np.sort(rng.choice(total, size=count, replace=count > total))
-        return picks[rng.permutation(len(picks))]
-
-    def sample(self, rng: np.random.Generator, count: int) -> np.ndarray:
-        """``count`` samples drawn uniformly over everything stored, decoded; only this
-        batch is ever decoded into RAM."""
-        return self.decode(self.sample_indices(rng, count))
-
     def decode(self, indices: np.ndarray) -> np.ndarray:
         """The samples at ``indices`` (numbered across products in store order), decoded,
         in the order given."""
@@ -245,23 +259,71 @@ class ReplayStore:
         return batch
 
     def decode_all(self) -> np.ndarray:
-        """Every stored sample, decoded, in ``sample_indices`` numbering."""
+        """Every stored sample, decoded, in ``epoch_plan`` numbering."""
         if not self.groups:
             raise ReplayStoreError("the replay store is empty")
         return self.decode(np.arange(len(self)))
 
+    def epoch_plan(self, rng: np.random.Generator, steps: int, count: int) -> list[np.ndarray]:
+        """Global row indices for one epoch of ``steps`` replay batches of ``count``.
+
+        Every product with samples gets an equal share of the epoch's draws (at least one,
+        so when products outnumber ``steps * count`` the batches grow by the difference),
+        and a product's rows are drawn without replacement until all were drawn once.
+        """
+        starts = np.cumsum([0] + [g.count for g in self.groups])
+        stored = [i for i, g in enumerate(self.groups) if g.count]
+        if not stored:
+            raise ReplayStoreError("the replay store is empty")
+        slots = max(steps * count, len(stored))
+        shares = np.full(len(stored), slots // len(stored))
+        shares[rng.choice(len(stored), slots % len(stored), replace=False)] += 1
+        draws = []
+        for index, share in zip(stored, shares, strict=True):
+            rows = self.groups[index].count
+            cycles = [rng.permutation(rows) for _ in range(-(-share // rows))]
+            draws.append(np.concatenate(cycles)[:share] + starts[index])
+        flat = np.concatenate(draws)[rng.permutation(slots)]
+        return np.array_split(flat, steps)
+
+    def epoch_batches(self, rng: np.random.Generator, steps: int,
+                      count: int) -> Iterator[np.ndarray]:
+        """One epoch of decoded replay batches (see ``epoch_plan``), decoded one at a time."""
+        for picks in self.epoch_plan(rng, steps, count):
+            yield self.decode(picks)
+
     def accounting(self) -> dict:
         """Exact bytes: payload (the samples) and metadata (scales, codebooks) apart."""
         codec = {"name": self.codec.name, "params": self.codec.params()}
-        return summarise(codec, self.capacity, [asdict(g) for g in self.groups])
+        return summarise(codec, self.capacity, [asdict(g) for g in self.groups],
+                         self.budget_bytes, self.selection)
 
     # ---- writing -----------------------------------------------------------------------
-    def _order(self, product: str, count: int) -> np.ndarray:
-        return np.random.default_rng([self.seed, crc32(product.encode())]).permutation(count)
+    def set_limits(self, capacity: int | None, budget_bytes: int | None) -> None:
+        """Change the limits (None: no limit of that kind); shrinks shares at once."""
+        _check_limits(capacity, budget_bytes)
+        if capacity is None and budget_bytes is None:
+            raise ValueError("a replay store needs a sample capacity or a byte budget")
+        if (capacity, budget_bytes) == (self.capacity, self.budget_bytes):
+            return
+        self.capacity, self.budget_bytes = capacity, budget_bytes
+        self._commit(self._fit(self.groups, len(self.groups)))
 
-    def add(self, product: str, samples: np.ndarray) -> None:
+    def _fit(self, groups: list[Group], products: int) -> list[Group]:
+        """``groups`` shrunk to the first ``len(groups)`` of ``products`` equal shares."""
+        samples = quotas(self.capacity, products)
+        budgets = quotas(self.budget_bytes, products)
+        fitted = []
+        for group, cap, budget in zip(groups, samples, budgets, strict=False):
+            keep = _fitting_rows(group.count, group.payload_width + group.meta_width,
+                                 group.shared_len, cap, budget)
+            fitted.append(group if keep == group.count else self._shrink(group, keep))
+        return fitted
+
+    def add(self, product: str, samples: np.ndarray) -> np.ndarray:
         """Store ``product``'s samples (replacing any it had), shrinking earlier products to
-        equal shares. ``samples`` are what the codec consumes (features or uint8 images)."""
+        equal shares. ``samples`` are what the codec consumes (features or uint8 images).
+        Returns the indices into ``samples`` of the rows kept, in stored order."""
         if len(samples) == 0:
             raise ValueError("no samples to store")
         shape = tuple(samples.shape[1:])
@@ -270,18 +332,51 @@ class ReplayStore:
                                    f"{self.sample_shape}")
         self.sample_shape = shape
         kept = [g for g in self.groups if g.product != product]
-        shares = quotas(self.capacity, len(kept) + 1)
-        groups = []
-        for group, share in zip(kept, shares, strict=False):
-            groups.append(group if group.count <= share else self._shrink(group, share))
-        order = self._order(product, len(samples))[: shares[-1]]
-        groups.append(self._write_group(product, self.codec.encode(samples[order])))
+        groups = self._fit(kept, len(kept) + 1)
+        cap = quotas(self.capacity, len(kept) + 1)[-1]
+        budget = quotas(self.budget_bytes, len(kept) + 1)[-1]
+        order = selection_order(self.selection, samples, self.codec.input_kind, self.seed,
+                                product)
+        if cap is not None:
+            order = order[:cap]
+        encoded = self.codec.encode(samples[order])
+        row = encoded.payload.shape[1] + encoded.sample_meta.shape[1]
+        keep = _fitting_rows(len(order), row, len(encoded.shared_meta), cap, budget)
+        if keep < len(order):  # the codebook was fitted on more rows than fit: still valid
+            encoded = _truncate(encoded, keep)
+        groups.append(self._write_group(product, encoded))
         self._commit(groups)
+        return order[:keep]
 
     def remove(self, product: str) -> None:
+        """Forget a deleted product's samples (the others keep theirs as they are)."""
         self._commit([g for g in self.groups if g.product != product])
 
     def _shrink(self, group: Group, count: int) -> Group:
         payload, meta, shared = self._rows(group)
-        encoded = Encoded(np.asarray(payload[:count]), np.asarray(meta[:count]), shared)
-        return self._write_group(group.product, encoded)
+        return self._write_group(group.product,
+                                 _truncate(Encoded(np.asarray(payload), np.asarray(meta), shared),
+                                           count))
+
+
+def _check_limits(capacity: int | None, budget_bytes: int | None) -> None:
+    if capacity is not None and capacity < 1:
+        raise ValueError("replay capacity must be at least 1 sample")
+    if budget_bytes is not None and budget_bytes < 1:
+        raise ValueError("replay budget_bytes must be at least 1 byte")
+
+
+def _fitting_rows(count: int, row_bytes: int, shared_len: int, cap: int | None,
+                  budget: int | None) -> int:
+    """How many of ``count`` rows one product keeps under its sample and byte shares."""
+    keep = count if cap is None else min(count, cap)
+    if budget is not None:
+        room = budget - shared_len
+        keep = min(keep, max(room, 0) // row_bytes) if row_bytes else keep * (room >= 0)
+    return keep
+
+
+def _truncate(encoded: Encoded, count: int) -> Encoded:
+    """The first ``count`` rows; an empty group keeps no shared metadata either."""
+    return Encoded(encoded.payload[:count], encoded.sample_meta[:count],
+                   encoded.shared_meta if count else b"")

@@ -73,6 +73,14 @@ class _StateCollector(Collector):
             family.add_metric([store["codec"], "payload"], store["payload_bytes"])
             family.add_metric([store["codec"], "metadata"], store["metadata_bytes"])
             yield family
+            if store["budget_bytes"] is not None:
+                yield gauge("replay_budget_bytes", "Replay store byte budget",
+                            store["budget_bytes"])
+            samples = GaugeMetricFamily("edge_runtime_replay_samples",
+                                        "Replay samples kept per product", labels=["product"])
+            for product, kept in store["products"].items():
+                samples.add_metric([product], kept["samples"])
+            yield samples
         heads = s.get("heads")
         if heads:
             yield gauge("head_bytes", "Bytes of the memory-bank heads serving products",

@@ -8,6 +8,7 @@ kept (replay/store.py), this module decides *how* it is replayed.
 
 from __future__ import annotations
 
+import logging
 import os
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
@@ -17,7 +18,7 @@ import numpy as np
 
 from edge_runtime.inference.preprocess import load_rgb
 from edge_runtime.replay.codecs import FEATURE_CODECS, make_codec
-from edge_runtime.replay.store import ReplayStore
+from edge_runtime.replay.store import MANIFEST, ReplayStore
 from edge_runtime.training.bundle import ModelBundle
 from edge_runtime.training.loop import (
     Progress,
@@ -28,6 +29,7 @@ from edge_runtime.training.loop import (
 )
 
 STRATEGIES = ("finetune", "joint", "replay")
+log = logging.getLogger("edge_runtime.training")
 
 
 class StrategyError(ValueError):
@@ -44,11 +46,11 @@ class TrunkReplay:
     def __len__(self) -> int:
         return len(self.store)
 
-    def sample(self, rng: np.random.Generator, count: int) -> np.ndarray:
-        return self.bundle.trunk_runner().features(self.store.sample(rng, count))
+    def epoch_plan(self, rng: np.random.Generator, steps: int, count: int) -> list[np.ndarray]:
+        return self.store.epoch_plan(rng, steps, count)
 
-    def sample_indices(self, rng: np.random.Generator, count: int) -> np.ndarray:
-        return self.store.sample_indices(rng, count)
+    def decode(self, indices: np.ndarray) -> np.ndarray:
+        return self.bundle.trunk_runner().features(self.store.decode(indices))
 
     def decode_all(self) -> np.ndarray:
         """Trunk features of every stored image, a few decoded images at a time."""
@@ -78,9 +80,11 @@ class ContinualTrainer:
     strategy: str = "replay"
     codec: str = "uint8_channel"
     store_dir: str | os.PathLike[str] | None = None
-    capacity: int = 100
+    capacity: int | None = 100  # samples shared by all products (the papers' setting)
     config: TrainConfig = field(default_factory=TrainConfig)
     codec_params: dict = field(default_factory=dict)
+    budget_bytes: int | None = None  # bytes shared by all products (the operator's setting)
+    selection: str = "random"  # replay/selection.py
     # the teacher's outputs held per image (loop.TeacherTargets): PaSTe's are smaller than
     # a step's activations; STFPM's (from the raw image on) are not, so it recomputes them
     cache_targets: bool | None = None
@@ -100,8 +104,16 @@ class ContinualTrainer:
             )
         if self.store_dir is None:
             self.store_dir = self.bundle.work_dir / "replay"
-        codec = make_codec(self.codec, **self.codec_params)
-        self.store = ReplayStore(self.store_dir, codec, self.capacity, self.config.seed)
+        # a store keeps the codec it was made with (its samples are encoded with it): the
+        # setting chooses the codec of a new store, never breaks training on an old one
+        existing = (Path(self.store_dir) / MANIFEST).exists()
+        codec = None if existing else make_codec(self.codec, **self.codec_params)
+        self.store = ReplayStore(self.store_dir, codec, self.capacity, self.config.seed,
+                                 self.budget_bytes, self.selection)
+        if existing and self.store.codec.name != self.codec:
+            log.warning("replay store %s keeps its codec %s (setting: %s); delete it to change",
+                        self.store_dir, self.store.codec.name, self.codec)
+        self.store.set_limits(self.capacity, self.budget_bytes)  # the settings rule
 
     def prepare(self, product: str, images: Sequence[str | os.PathLike[str]],
                 progress: Callable[[int, int], None] | None = None) -> TaskData:

@@ -2,6 +2,8 @@
 
 Each step takes a batch of the current product and, when a replay source is given, a
 batch decoded from the replay memory of earlier products (8 + 8 in the reference setup).
+The replay source plans each epoch's batches so that every stored product is replayed in
+every epoch, however many products are stored.
 """
 
 from __future__ import annotations
@@ -88,13 +90,14 @@ class Progress:
 
 
 class ReplaySource(Protocol):
-    """Decoded trunk features of earlier products, drawn a batch at a time."""
+    """Decoded trunk features of earlier products, one epoch of batches at a time."""
 
     def __len__(self) -> int: ...
 
-    def sample(self, rng: np.random.Generator, count: int) -> np.ndarray: ...
+    def epoch_plan(self, rng: np.random.Generator, steps: int,
+                   count: int) -> list[np.ndarray]: ...
 
-    def sample_indices(self, rng: np.random.Generator, count: int) -> np.ndarray: ...
+    def decode(self, indices: np.ndarray) -> np.ndarray: ...
 
     def decode_all(self) -> np.ndarray: ...
 
@@ -220,13 +223,13 @@ class StudentTrainer:
         return total / max(len(features), 1)
 
     def _batches(self, features: np.ndarray, replay: ReplaySource | None):
-        """A function (index, rng) -> (batch, targets or None) for one training step."""
-        cfg = self.config
+        """A function (index, picks) -> (batch, targets or None) for one training step;
+        ``picks`` are the replay rows the epoch's plan drew for this step (None: no replay)."""
         if not self.cache_targets:
-            def recomputed(index, rng):
+            def recomputed(index, picks):
                 batch = features[index]
-                if replay is not None:
-                    batch = np.concatenate([batch, replay.sample(rng, cfg.replay_batch_size)])
+                if picks is not None:
+                    batch = np.concatenate([batch, replay.decode(picks)])
                 return torch.from_numpy(np.ascontiguousarray(batch)), None
             return recomputed
         targets = TeacherTargets(self.teacher, features)
@@ -234,12 +237,11 @@ class StudentTrainer:
             replayed = np.ascontiguousarray(replay.decode_all())
             replay_targets = TeacherTargets(self.teacher, replayed)
 
-        def cached(index, rng):
+        def cached(index, picks):
             batch, target = features[index], targets.take(index)
-            if replay is not None:
-                drawn = replay.sample_indices(rng, cfg.replay_batch_size)
-                batch = np.concatenate([batch, replayed[drawn]])
-                target = _concat_targets(target, replay_targets.take(drawn))
+            if picks is not None:
+                batch = np.concatenate([batch, replayed[picks]])
+                target = _concat_targets(target, replay_targets.take(picks))
             return torch.from_numpy(np.ascontiguousarray(batch)), target
         return cached
 
@@ -271,11 +273,14 @@ class StudentTrainer:
         for epoch in range(1, epochs + 1):
             self.student.train()
             order, losses = rng.permutation(len(features)), []
+            # every stored product replayed each epoch (replay/store.py epoch_plan)
+            plan = replay.epoch_plan(rng, steps, cfg.replay_batch_size) if use_replay else None
             for step in range(1, steps + 1):
                 if should_stop and should_stop():
                     raise TrainingCancelled("training cancelled")
                 index = order[(step - 1) * cfg.batch_size : step * cfg.batch_size]
-                losses.append(self._step(*next_batch(index, rng)))
+                picks = plan[step - 1] if plan is not None else None
+                losses.append(self._step(*next_batch(index, picks)))
                 schedule.step()
                 if on_progress and step < steps:
                     on_progress(Progress(epoch, epochs, step, steps, losses[-1]))

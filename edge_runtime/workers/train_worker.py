@@ -220,8 +220,11 @@ def train(job: JobInput, settings: Settings, layout: DataLayout, reporter: JobRe
         bundle.load_student(previous)
     fixed = {"epochs": job.epochs, "target_steps": 0} if job.epochs else {}
     config = TrainConfig.for_recipe(cfg.recipe, seed=cfg.seed, **fixed)
-    trainer = ContinualTrainer(bundle, "replay", cfg.codec, replay_dir, cfg.replay_samples,
-                               config, checkpoint=cfg.low_memory)
+    replay = settings.replay
+    trainer = ContinualTrainer(bundle, "replay", replay.codec, replay_dir,
+                               replay.samples or None, config,
+                               budget_bytes=replay.budget_bytes, selection=replay.selection,
+                               checkpoint=cfg.low_memory)
     for name in job.forget:  # deleted products: no longer rehearsed
         if trainer.store is not None:
             trainer.store.remove(name)
@@ -230,7 +233,7 @@ def train(job: JobInput, settings: Settings, layout: DataLayout, reporter: JobRe
     macs = inference_macs(bundle.spec, bundle.trunk, bundle.teacher, bundle.student)
     return learn_product(
         trainer, job.product, job.images, layout.models / f"v{job.job_id:06d}", job.earlier,
-        training_info={"job": job.job_id, "macs": macs, "codec": cfg.codec},
+        training_info={"job": job.job_id, "macs": macs, "codec": trainer.store.codec.name},
         hooks=Hooks(phase=phase, features=reporter.features,
                     progress=reporter.progress, should_stop=reporter.should_stop),
         policy=calibration_policy(cfg.recipe))
