@@ -11,25 +11,24 @@ CONFIG = TrainConfig(epochs=1, seed=0)
 
 
 class CountingReplay:
+    """The store, counting the replay rows each training step asks for."""
+
     def __init__(self, inner):
         self.inner, self.batches = inner, []
 
     def __len__(self):
         return len(self.inner)
 
-    def epoch_batches(self, rng, steps, count):
-        for batch in self.inner.epoch_batches(rng, steps, count):
-            self.batches.append(batch.shape)
-            yield batch
+    def epoch_plan(self, rng, steps, count):  # every stored product, each epoch
+        plan = self.inner.epoch_plan(rng, steps, count)
+        self.batches += [(len(picks), *self.inner.sample_shape) for picks in plan]
+        return plan
+
+    def decode(self, indices):  # teacher targets recomputed each step
+        return self.inner.decode(indices)
 
     def decode_all(self):  # the teacher-target cache decodes the store once
-        self.decoded = self.inner.decode_all()
-        return self.decoded
-
-    def sample_indices(self, rng, count):  # ... then draws rows of it per step
-        picks = self.inner.sample_indices(rng, count)
-        self.batches.append((len(picks), *self.decoded.shape[1:]))
-        return picks
+        return self.inner.decode_all()
 
 
 @pytest.fixture(scope="module")
@@ -58,8 +57,10 @@ def test_image_replay_goes_through_the_trunk(paste_bundle, data_root, tmp_path):
                                capacity=4, config=CONFIG)
     trainer.learn(trainer.prepare("bottle", train_images(data_root, "bottle", 8)))
     source = trainer._replay_source()
-    batches = list(source.epoch_batches(np.random.default_rng(0), 2, 3))
+    plan = source.epoch_plan(np.random.default_rng(0), 2, 3)
+    batches = [source.decode(picks) for picks in plan]
     assert [b.shape for b in batches] == [(3, 24, 32, 32)] * 2
+    assert source.decode_all().shape == (4, 24, 32, 32)  # trunk features of every image
     assert trainer.store.accounting()["payload_bytes"] == 4 * 256 * 256 * 3
 
 
