@@ -14,10 +14,11 @@ from fastapi.concurrency import run_in_threadpool
 from fastapi.responses import FileResponse
 
 from edge_runtime.api.deps import ModelsDep, Mutating, RuntimeDep
+from edge_runtime.api.schemas import WRITE, errors
 from edge_runtime.services import bundles, events
 
 router = APIRouter(prefix="/models", tags=["models"])
-TAR = {200: {"content": {"application/x-tar": {}}}}
+TAR = {200: {"content": {"application/x-tar": {}}}} | errors(401, 403, 404, 422)
 Version = Annotated[str, PathParam(pattern=f"^{bundles.VERSION_PATTERN}$",
                                    description="a model version, e.g. v000012")]
 
@@ -40,7 +41,7 @@ def export_bundle(
                         filename=f"edge-runtime-{version}.tar")
 
 
-@router.post("/import", dependencies=[Mutating])
+@router.post("/import", dependencies=[Mutating], responses=errors(*WRITE, 409, 507))
 async def import_bundle(
     runtime: RuntimeDep,
     bundle: Annotated[UploadFile, File(description="a bundle from GET /models/{v}/bundle")],

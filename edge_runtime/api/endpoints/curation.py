@@ -20,18 +20,18 @@ from edge_runtime.api.deps import (
     RemovalDep,
     RuntimeDep,
 )
-from edge_runtime.api.schemas import ModelVersionOut, ProductDeleted, ProductOut
+from edge_runtime.api.schemas import WRITE, ModelVersionOut, ProductDeleted, ProductOut, errors
 from edge_runtime.services import events
 from edge_runtime.services.products import SQLITE_MAX_ID
 
 router = APIRouter(tags=["products"])
 CaptureId = Annotated[int, PathParam(ge=1, le=SQLITE_MAX_ID)]
 Version = Annotated[str, PathParam(pattern=r"^v[0-9]{1,18}$", description="e.g. v000003")]
-IMAGE = {200: {"content": {"image/png": {}, "image/jpeg": {}}}}
+IMAGE = {200: {"content": {"image/png": {}, "image/jpeg": {}}}} | errors(404, 410, 422)
 
 
 @router.delete("/products/{product_id}", response_model=ProductDeleted,
-               dependencies=[Mutating])
+               dependencies=[Mutating], responses=errors(*WRITE, 404, 409, 507))
 def delete_product(product_id: ProductId, removal: RemovalDep) -> ProductDeleted:
     """Deletes captures, jobs, inspections and kept maps now; the live model forgets the
     product at the next training (see ``consequences``). 409 while it trains."""
@@ -39,7 +39,7 @@ def delete_product(product_id: ProductId, removal: RemovalDep) -> ProductDeleted
 
 
 @router.delete("/products/{product_id}/threshold", response_model=ProductOut,
-               dependencies=[Mutating])
+               dependencies=[Mutating], responses=errors(*WRITE, 404, 507))
 def remove_threshold_override(product: ProductDep, products: ProductsDep) -> ProductOut:
     """The calibrated thresholds decide again."""
     return ProductOut(**products.set_override(product["id"], None, None))
@@ -58,7 +58,7 @@ async def capture_image(
 
 
 @router.delete("/products/{product_id}/captures/{capture_id}", status_code=204,
-               dependencies=[Mutating])
+               dependencies=[Mutating], responses=errors(*WRITE, 404, 507))
 def delete_capture(product: ProductDep, capture_id: CaptureId,
                    captures: CapturesDep) -> Response:
     """A bad capture: the next training no longer learns it."""
@@ -67,7 +67,7 @@ def delete_capture(product: ProductDep, capture_id: CaptureId,
 
 
 @router.post("/models/{version}/promote", response_model=ModelVersionOut, tags=["models"],
-             dependencies=[Mutating])
+             dependencies=[Mutating], responses=errors(*WRITE, 404, 503))
 async def promote(version: Version, models: ModelsDep, runtime: RuntimeDep) -> ModelVersionOut:
     """Roll back (or forward) to a version on disk: verified, then CURRENT switches and the
     session is swapped without failing a request in flight. Products the version never

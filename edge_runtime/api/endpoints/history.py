@@ -10,11 +10,13 @@ from fastapi.concurrency import run_in_threadpool
 
 from edge_runtime.api.deps import InspectionId, InspectionsDep, JobsDep, Mutating, ReviewsDep
 from edge_runtime.api.schemas import (
+    WRITE,
     InspectionCounts,
     InspectionPage,
     JobOut,
     ReviewIn,
     ReviewOut,
+    errors,
 )
 from edge_runtime.services.products import SQLITE_MAX_ID
 
@@ -22,7 +24,7 @@ router = APIRouter(tags=["inspections"])
 Time = Annotated[float | None, Query(ge=0, le=1e11, description="Unix time, seconds")]
 
 
-@router.get("/inspections", response_model=InspectionPage)
+@router.get("/inspections", response_model=InspectionPage, responses=errors(422))
 def list_inspections(
     inspections: InspectionsDep,
     product_id: Annotated[int | None, Query(ge=1, le=SQLITE_MAX_ID)] = None,
@@ -39,7 +41,8 @@ def list_inspections(
                                               until=until))
 
 
-@router.get("/inspections/counts", response_model=list[InspectionCounts])
+@router.get("/inspections/counts", response_model=list[InspectionCounts],
+            responses=errors(422))
 def inspection_counts(
     inspections: InspectionsDep,
     window_s: Annotated[float, Query(gt=0, le=366 * 86400)] = 3600,
@@ -49,14 +52,15 @@ def inspection_counts(
 
 
 @router.post("/inspections/{inspection_id}/review", response_model=ReviewOut,
-             dependencies=[Mutating])
+             dependencies=[Mutating], responses=errors(*WRITE, 404, 409, 410, 507))
 async def review(inspection_id: InspectionId, body: ReviewIn, reviews: ReviewsDep) -> ReviewOut:
     """"fine" adds the image to the product's normal captures; "defective" keeps it as a
     labelled example. 410 when the inspection's image is no longer kept."""
     return ReviewOut(**await run_in_threadpool(reviews.review, inspection_id, body.label))
 
 
-@router.get("/jobs", response_model=list[JobOut], tags=["jobs"])
+@router.get("/jobs", response_model=list[JobOut], tags=["jobs"],
+            responses=errors(422))
 def list_jobs(
     jobs: JobsDep,
     limit: Annotated[int, Query(ge=1, le=200)] = 20,

@@ -81,14 +81,15 @@ def train(product: ProductDep, jobs: JobsDep, body: TrainIn | None = None) -> Jo
     return JobOut(**jobs.submit(product, params))
 
 
-@router.post("/{product_id}/head", status_code=202, dependencies=[Mutating])
+@router.post("/{product_id}/head", status_code=202, dependencies=[Mutating],
+             responses=errors(*WRITE, 404))
 def fit_head(product: ProductDep, heads: HeadsDep, captures: CapturesDep) -> dict:
     """Fit the product's memory-bank head now, in the background (GET it for the state)."""
     heads.request_fit(product["id"], lambda: captures.paths(product["id"]))
     return heads.state(product["id"])
 
 
-@router.get("/{product_id}/head")
+@router.get("/{product_id}/head", responses=errors(404, 422))
 def head_state(product: ProductDep, heads: HeadsDep) -> dict:
     """queued | fitting | ready | waiting (too few captures) | failed | none; bytes, kind."""
     return heads.state(product["id"])
