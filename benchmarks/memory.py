@@ -40,19 +40,14 @@ from _common import (
 )
 from tqdm import tqdm
 
+from edge_runtime.memory import peak_rss_mb
+
 PHASES = ["start", "features", "training", "saving", "calibrating", "idle"]
 MB = 2**20
 
 
 def _hwm_mb(pid: int) -> float:
-    try:
-        with open(f"/proc/{pid}/status") as handle:
-            for line in handle:
-                if line.startswith("VmHWM:"):
-                    return int(line.split()[1]) / 1024
-    except OSError:
-        pass
-    return 0.0
+    return peak_rss_mb(pid) or 0.0
 
 
 class Track:

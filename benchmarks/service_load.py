@@ -26,7 +26,8 @@ from _mqtt_phase import report, run_mqtt_phase
 from PIL import Image
 from tqdm import tqdm
 
-from edge_runtime.daemon_process import Daemon  # the same real-server harness the tests use
+from edge_runtime.daemon_process import Daemon
+from edge_runtime.memory import peak_rss_mb  # the same real-server harness the tests use
 
 
 class PeakRss:
@@ -41,14 +42,7 @@ class PeakRss:
 
     @staticmethod
     def _peak(process: psutil.Process) -> float:
-        try:
-            with open(f"/proc/{process.pid}/status") as handle:
-                for line in handle:
-                    if line.startswith("VmHWM:"):
-                        return int(line.split()[1]) / 1024
-        except OSError:
-            pass
-        return process.memory_info().rss / 2**20
+        return peak_rss_mb(process.pid) or process.memory_info().rss / 2**20
 
     def _run(self) -> None:
         while not self._stop.wait(0.1):

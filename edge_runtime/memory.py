@@ -34,3 +34,16 @@ def trim_heap() -> bool:
     """Return freed heap pages to the OS (after a phase whose peak is over)."""
     libc = _libc()
     return bool(libc is not None and libc.malloc_trim(0))
+
+
+def peak_rss_mb(pid: int) -> float | None:
+    """The kernel's high-water mark of a process's RSS (Linux VmHWM), so no spike between
+    two samples is missed; None where /proc has no such line or the process is gone."""
+    try:
+        with open(f"/proc/{pid}/status") as handle:
+            for line in handle:
+                if line.startswith("VmHWM:"):
+                    return int(line.split()[1]) / 1024
+    except OSError:
+        pass
+    return None

@@ -10,6 +10,7 @@ import psutil
 
 import edge_runtime
 from edge_runtime.camera import MonitoredCamera
+from edge_runtime.memory import peak_rss_mb
 from edge_runtime.replay.accounting import read_accounting
 from edge_runtime.services.heads import HeadService
 from edge_runtime.services.health import Health
@@ -19,18 +20,6 @@ from edge_runtime.services.line import LineService
 from edge_runtime.services.models import ModelRegistry
 from edge_runtime.services.products import ProductService
 from edge_runtime.settings import Settings
-
-
-def _vm_hwm_mb(pid: int) -> float | None:
-    """The kernel's high-water mark of a process's RSS (Linux), so no spike is missed."""
-    try:
-        with open(f"/proc/{pid}/status") as handle:
-            for line in handle:
-                if line.startswith("VmHWM:"):
-                    return int(line.split()[1]) / 1024
-    except OSError:
-        pass
-    return None
 
 
 class WorkerMemory:
@@ -52,7 +41,7 @@ class WorkerMemory:
             return None
         if job["id"] != self._job:
             self._job, self._peak = job["id"], 0.0
-        self._peak = max(self._peak, rss, _vm_hwm_mb(job["pid"]) or 0.0)
+        self._peak = max(self._peak, rss, peak_rss_mb(job["pid"]) or 0.0)
         return {"pid": job["pid"], "rss_mb": round(rss, 1), "peak_rss_mb": round(self._peak, 1)}
 
 
