@@ -29,12 +29,14 @@ venv: $(BIN)/.stamp
 
 # The firmware test builds the reference firmware with avr-gcc (Debian: gcc-avr, avr-libc);
 # the camera tests run a real GStreamer pipeline (gstreamer1.0-tools, -plugins-base);
-# the event tests start a real MQTT broker (mosquitto); the page tests drive chromium.
+# the event tests start a real MQTT broker (mosquitto); the page tests drive chromium; the
+# training worker runs on tcmalloc as on a board (libtcmalloc-minimal4).
 TOOL_PACKAGES = gcc-avr avr-libc gstreamer1.0-tools gstreamer1.0-plugins-base \
-	mosquitto mosquitto-clients chromium chromium-driver
+	mosquitto mosquitto-clients chromium chromium-driver libtcmalloc-minimal4
 toolchain:
 	@{ command -v avr-gcc && command -v gst-launch-1.0 && gst-inspect-1.0 videotestsrc && \
-	   command -v mosquitto && command -v chromedriver; } >/dev/null 2>&1 || { \
+	   command -v mosquitto && command -v chromedriver && \
+	   ldconfig -p | grep -q libtcmalloc_minimal; } >/dev/null 2>&1 || { \
 	  if [ "$$(id -u)" = 0 ]; then apt-get update -qq && \
 	    apt-get install -y -qq --no-install-recommends $(TOOL_PACKAGES); \
 	  else echo "install the tools: sudo apt-get install $(TOOL_PACKAGES)"; exit 1; fi; }

@@ -26,6 +26,11 @@ from pathlib import Path
 
 from _common import REPO, SHARED, current_peak_rss_mb, emit_json, peak_rss_mb, reset_peak_rss
 
+from edge_runtime.memory import preload_env
+from edge_runtime.settings import Settings
+
+DAEMON = Settings()  # the daemon's embedded defaults: how its training worker trains
+
 # memory-bank heads on the frozen teacher (no student, no training): task-agnostic rows
 HEAD_STRATEGIES = ["patchcore", "padim"]
 PASTE_STRATEGIES = ["joint", "finetune", "replay_image", "replay_fp32", "replay_fp16",
@@ -121,7 +126,9 @@ def run_one(run: str, args: argparse.Namespace) -> None:
         if strategy.startswith("replay_") else (strategy, "fp32")
     trainer = ContinualTrainer(bundle, kind, codec, ckpt / "store",
                                None if budget else args.replay_samples, config,
-                               budget_bytes=budget, selection=selection)
+                               budget_bytes=budget, selection=selection,
+                               channels_last=args.student_format == "nhwc",
+                               checkpoint=DAEMON.training.low_memory)  # exact, less RAM
     done = len(state["tasks"])
     if done and (ckpt / md.STUDENT).exists():
         bundle.student.load_state_dict(torch.load(ckpt / md.STUDENT, weights_only=True))
@@ -313,7 +320,8 @@ def _resources(bundle, trainer, spec, model_path, args, inference_macs, training
 def _settings(args) -> dict:
     return {"data": str(args.data), "categories": args.categories, "epochs": args.epochs,
             "max_train_images": args.max_train_images, "max_test_images": args.max_test_images,
-            "replay_samples": args.replay_samples, "seed": args.seed}
+            "replay_samples": args.replay_samples, "seed": args.seed,
+            "student_format": args.student_format}
 
 
 # ---------------------------------------------------------------- summary (parent)
@@ -494,6 +502,8 @@ def main() -> None:
     parser.add_argument("--selections", default="random", help="random,kcenter")
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--threads", type=int, default=0)
+    parser.add_argument("--student-format", choices=["nchw", "nhwc"], default="nhwc",
+                        help="memory format the student trains in (nchw: as before 2026-11)")
     parser.add_argument("--out", type=Path, default=REPO / "runs" / "continual")
     parser.add_argument("--quick", action="store_true",
                         help="16 train images, 1 epoch, 3 test images per kind; unless given, "
@@ -524,7 +534,8 @@ def main() -> None:
     if not runs:
         raise SystemExit("no runs match --models/--strategies")
     child_args = [a for a in sys.argv[1:]]
-    env = os.environ | {"PYTHONPATH": str(REPO)}
+    # each run in a child, on the allocator the daemon's training worker gets
+    env = preload_env(DAEMON.training.allocator, os.environ | {"PYTHONPATH": str(REPO)})
     for run in runs:
         print(f"== {run}", flush=True)
         done = subprocess.run([sys.executable, __file__, *child_args, "--run-one", run],

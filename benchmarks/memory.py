@@ -10,16 +10,18 @@ between two samples is not missed. Then, each in a child process sampled the sam
 
 - the STFPM-equivalent training worker (the same recipe with ``ModelSpec.stfpm()``, raw
   image replay), for the papers' PaSTe / STFPM training-memory ratio;
-- PaSTe epochs with the teacher tail recomputed every step (before), its outputs cached
-  once per image and per replayed sample (after, the default), and cached with the student
-  in channels-last (opt-in), interleaved, same data, same seed, with the largest
-  difference between the before and after loss curves.
+- PaSTe epochs as the code trained before (teacher tail recomputed every step, student in
+  NCHW), with the teacher's outputs cached once per image and per replayed sample, with the
+  student also in channels-last (the library's default), and as the daemon trains
+  (``training.low_memory``: plus block checkpointing), interleaved, same data, same seed,
+  with the largest difference between the loss curves.
 """
 
 from __future__ import annotations
 
 import argparse
 import json
+import os
 import shutil
 import sqlite3
 import subprocess
@@ -40,9 +42,11 @@ from _common import (
 )
 from tqdm import tqdm
 
-from edge_runtime.memory import peak_rss_mb
+from edge_runtime.memory import peak_rss_mb, preload_env
+from edge_runtime.settings import Settings
 
-PHASES = ["start", "features", "training", "saving", "calibrating", "idle"]
+PHASES = ["start", "features", "training", "saving", "calibrating", "promoting", "idle"]
+WORKER_PHASES = {"promoting": "promoting", "trained": "promoting"}  # the rest: "start"
 MB = 2**20
 
 
@@ -102,7 +106,7 @@ class Sampler:
                 "SELECT status, phase, pid FROM jobs WHERE id = ?", (self.job_id,)).fetchone()
         if status not in ("queued", "running"):
             return "idle", None
-        return (phase if phase in PHASES else "start"), pid
+        return (phase if phase in PHASES else WORKER_PHASES.get(phase, "start")), pid
 
     def _run(self) -> None:
         while not self._stop.wait(0.1):
@@ -212,7 +216,8 @@ def run_child(mode: str, args: argparse.Namespace) -> tuple[float, dict]:
     cmd = [sys.executable, __file__, "--child", mode, "--captures", str(args.captures),
            "--epochs", str(args.child_epochs), "--second", args.second,
            "--data", str(args.data)]
-    process = subprocess.Popen(cmd, stdout=subprocess.PIPE, text=True, cwd=REPO)
+    env = preload_env(Settings().training.allocator, os.environ)  # as the daemon's worker
+    process = subprocess.Popen(cmd, stdout=subprocess.PIPE, text=True, cwd=REPO, env=env)
     track = Track()
     while process.poll() is None:
         track.add(time.monotonic(), mode, process.pid)
@@ -236,7 +241,8 @@ def child_stfpm(args: argparse.Namespace) -> dict:
     work = Path(tempfile.mkdtemp(prefix="edge-stfpm-"))
     bundle = ModelBundle(ModelSpec.stfpm(), threads=1, work_dir=work)
     trainer = ContinualTrainer(bundle, "replay", "image", work / "replay", 100,
-                               TrainConfig(epochs=args.epochs))
+                               TrainConfig(epochs=args.epochs),
+                               checkpoint=Settings().training.low_memory)  # as the daemon
     first = train_images(args.data, "bottle", args.captures)
     second = train_images(args.data, args.second, args.captures)
     learn_product(trainer, "bottle", first, work / "v1")
@@ -263,11 +269,12 @@ def child_epochs(args: argparse.Namespace) -> dict:
     features = bundle.features(train_images(args.data, args.second, args.captures))
     store = ReplayStore(work / "replay", make_codec("uint8_channel"), 100, 0)
     store.add("earlier", features)  # stands in for an earlier product's replay samples
-    config = TrainConfig(epochs=args.epochs)
+    config = TrainConfig(epochs=3)  # seconds per epoch are steady after the first
     train, val = holdout_split(len(features), config.val_fraction, config.seed)
     initial = copy.deepcopy(bundle.student.state_dict())
-    variants = {"before": (False, False, False), "after": (True, False, False),
-                "nhwc": (True, True, False), "checkpoint": (True, False, True)}
+    # (cache targets, channels-last, block checkpoints)
+    variants = {"before": (False, False, False), "cached": (True, False, False),
+                "nhwc": (True, True, False), "daemon": (True, True, True)}
     seconds: dict[str, list[float]] = {name: [] for name in variants}
     curves: dict[str, list[float]] = {}
     peaks: dict[str, float] = {}
@@ -285,14 +292,13 @@ def child_epochs(args: argparse.Namespace) -> dict:
             seconds[name].append(result.seconds / result.epochs_run)
             curves[name] = [h["loss"] for h in result.history]
     shutil.rmtree(work, ignore_errors=True)
-    diff = float(np.max(np.abs(np.subtract(curves["before"], curves["after"]))))
-    return {"epoch_seconds_before": float(np.median(seconds["before"])),
-            "epoch_seconds_nhwc": float(np.median(seconds["nhwc"])),
-            "epoch_seconds_checkpoint": float(np.median(seconds["checkpoint"])),
-            "fit_peak_increase_mb": peaks,
-            "epoch_seconds": float(np.median(seconds["after"])),
-            "loss_before": curves["before"], "loss_after": curves["after"],
-            "loss_max_abs_diff": diff, "train_images": int(len(train))}
+    def diff(name: str) -> float:
+        return float(np.max(np.abs(np.subtract(curves["before"], curves[name]))))
+
+    return {"epoch_seconds": {name: float(np.median(s)) for name, s in seconds.items()},
+            "fit_peak_increase_mb": peaks, "loss": curves,
+            "loss_max_abs_diff": {name: diff(name) for name in variants},
+            "train_images": int(len(train)), "epochs": config.epochs}
 
 
 # ------------------------------------------------------------------ report
@@ -327,7 +333,7 @@ def main() -> None:
         return
     if args.quick:
         args.captures, args.epochs, args.idle = 40, 2, 2.0
-    args.child_epochs = 1  # peaks come in the first steps; the epochs child runs 6 epochs
+    args.child_epochs = 1  # the STFPM peak comes in the first steps
     daemon = run_daemon(args)
     sampler = daemon["sampler"]
     stfpm_peak, _ = run_child("stfpm", args)
@@ -352,22 +358,19 @@ def main() -> None:
                  [f"STFPM ({args.child_epochs} epoch(s) per product, same recipe)",
                   round(stfpm_peak)],
                  ["PaSTe / STFPM", f"{worker_peak / stfpm_peak:.2f}"]])
-    before = epochs["epoch_seconds_before"]
-    print_table(["PaSTe epoch (s)", "teacher each step (before)", "teacher cached (after)",
-                 "speed-up", "max |loss diff|", "cached + NHWC (opt-in)", "speed-up"],
-                [[f"{epochs['train_images']} images + replay", before, epochs["epoch_seconds"],
-                  f"{before / epochs['epoch_seconds']:.2f}x",
-                  f"{epochs['loss_max_abs_diff']:.2e}", epochs["epoch_seconds_nhwc"],
-                  f"{before / epochs['epoch_seconds_nhwc']:.2f}x"]])
-    increase = epochs["fit_peak_increase_mb"]
-    print_table(["training variant (same data)", "peak RSS above start MB", "epoch s"],
-                [["teacher each step (before)", round(increase["before"]),
-                  epochs["epoch_seconds_before"]],
-                 ["teacher cached (default)", round(increase["after"]), epochs["epoch_seconds"]],
-                 ["cached + NHWC (opt-in)", round(increase["nhwc"]),
-                  epochs["epoch_seconds_nhwc"]],
-                 ["cached + block checkpoints (opt-in, exact)", round(increase["checkpoint"]),
-                  epochs["epoch_seconds_checkpoint"]]])
+    seconds, increase = epochs["epoch_seconds"], epochs["fit_peak_increase_mb"]
+    before = seconds["before"]
+    labels = {"before": "teacher each step, NCHW (before)",
+              "cached": "teacher cached, NCHW",
+              "nhwc": "teacher cached, NHWC (library default)",
+              "daemon": "cached, NHWC, block checkpoints (daemon default)"}
+    print(f"\nPaSTe epochs: {epochs['train_images']} images + replay, {epochs['epochs']} "
+          "epochs per variant, 2 interleaved rounds, 1 thread")
+    print_table(["training variant (same data, seed)", "epoch s", "speed-up",
+                 "max |loss - before|", "peak RSS above start MB"],
+                [[label, round(seconds[name], 3), f"{before / seconds[name]:.2f}x",
+                  f"{epochs['loss_max_abs_diff'][name]:.1e}", round(increase[name])]
+                 for name, label in labels.items()])
     print(f"learn_seconds (POST train -> v serving, {args.second}, with replay): "
           f"{daemon['learn_seconds']:.1f}")
     print("targets: worker <= 400 MB, API during a job <= 120 MB, API+worker <= 512 MB, "
@@ -377,10 +380,10 @@ def main() -> None:
         "api_peak_rss_mb": round(api_during, 1),
         "total_peak_rss_mb": round(total, 1),
         "stfpm_worker_peak_rss_mb": round(stfpm_peak, 1),
-        "epoch_seconds": round(epochs["epoch_seconds"], 3),
-        "epoch_seconds_before": round(epochs["epoch_seconds_before"], 3),
-        "epoch_seconds_nhwc": round(epochs["epoch_seconds_nhwc"], 3),
-        "epoch_seconds_checkpoint": round(epochs["epoch_seconds_checkpoint"], 3),
+        "epoch_seconds": round(seconds["daemon"], 3),
+        "epoch_seconds_before": round(before, 3),
+        "epoch_seconds_cached_nchw": round(seconds["cached"], 3),
+        "epoch_seconds_nhwc": round(seconds["nhwc"], 3),
         "learn_seconds": round(daemon["learn_seconds"], 1),
         "captures": args.captures, "epochs": args.epochs,
     })

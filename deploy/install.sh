@@ -84,7 +84,8 @@ fi
 if live; then
   say "system packages"
   apt-get update -qq
-  apt-get install -y -qq python3-venv python3-dev
+  # tcmalloc: the training worker's allocator (training.allocator), ~100 MB less at its peak
+  apt-get install -y -qq python3-venv python3-dev libtcmalloc-minimal4
   if apt-cache show python3-picamera2 >/dev/null 2>&1; then
     apt-get install -y -qq python3-picamera2  # the Pi camera stack comes from the OS
   fi

@@ -18,9 +18,10 @@ def serve(config: str | None, data_dir: str | None, host: str | None, port: int 
         print(f"edge-runtime: configuration error: {exc}", file=sys.stderr)
         return 2
     from edge_runtime.api.app import create_app
-    from edge_runtime.memory import limit_malloc_arenas
+    from edge_runtime.memory import limit_malloc_arenas, map_large_blocks
 
     limit_malloc_arenas()  # before uvicorn's and ORT's threads: ~25 MB less RSS
+    map_large_blocks()
     from edge_runtime.systemd import Notifier
 
     app = create_app(settings, notifier=Notifier.from_environment())

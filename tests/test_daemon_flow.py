@@ -3,6 +3,7 @@
 import io
 import os
 import time
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -39,6 +40,8 @@ def _train(daemon, product_id: int, epochs: int = 2, watch_worker: bool = False)
         worker = _worker_memory_while_running(daemon, response.json()["id"])
         assert worker is not None, "/status never reported the training worker's RSS"
         assert 20 < worker["rss_mb"] <= worker["peak_rss_mb"] < 4096, worker
+        # training.allocator's default: the worker runs on tcmalloc (Makefile's toolchain)
+        assert "libtcmalloc_minimal" in Path(f"/proc/{worker['pid']}/maps").read_text()
     job = daemon.wait_job(response.json()["id"])
     assert job["status"] == "succeeded", job
     daemon.wait_live(job["version"])

@@ -171,6 +171,12 @@ def test_head_service_fits_off_thread_persists_and_reloads(tmp_path, data_root, 
     assert service.status()["bytes"] == state["bytes"]
     result = service.inferencer(7).predict(images[0])
     assert result.anomaly_map.shape == (SIZE, SIZE)
+    # unused (the student serves the product): the features session closes, and opens
+    # again, with the same answer, when a head is needed
+    assert not service.release_idle(idle_seconds=60) and service._runner is not None
+    assert service.release_idle(idle_seconds=0) and service._runner is None
+    assert service.status()["products"]["7"]["status"] == "ready"
+    assert service.inferencer(7).predict(images[0]).score == result.score
     service.shutdown()
     again = HeadService(tmp_path / "heads", options)
     assert again.load_all() == 1 and again.state(7)["status"] == "ready"

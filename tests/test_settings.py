@@ -71,6 +71,14 @@ def test_replay_settings_are_validated_by_key():
             load_settings(None, environ={f"EDGE_RUNTIME_REPLAY_{key}": value})
 
 
+def test_training_allocator_is_validated():
+    assert load_settings(None, environ={}).training.allocator == "tcmalloc"
+    chosen = load_settings(None, environ={"EDGE_RUNTIME_TRAINING_ALLOCATOR": "system"})
+    assert chosen.training.allocator == "system"
+    with pytest.raises(SettingsError, match="training.allocator must be tcmalloc or system"):
+        load_settings(None, environ={"EDGE_RUNTIME_TRAINING_ALLOCATOR": "jemalloc"})
+
+
 def test_keys_that_moved_still_start_the_daemon(tmp_path):
     """An operator's config is kept across upgrades: the old replay keys still work."""
     old = tmp_path / "config.toml"

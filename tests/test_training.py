@@ -104,7 +104,8 @@ def test_cached_teacher_targets_give_the_same_training(backbone_files, tmp_path)
     runs = []
     buffers = []
     for cache, channels_last, checkpoint in ((False, False, False), (True, False, False),
-                                             (True, False, True), (True, True, False)):
+                                             (True, False, True), (True, True, False),
+                                             (True, True, True)):
         _, teacher, student = build_parts(ModelSpec.paste(), backbone_files, seed=3)
         config = TrainConfig(epochs=2, batch_size=4, replay_batch_size=2, seed=3)
         trainer = StudentTrainer(teacher, student, config, cache_targets=cache,
@@ -114,8 +115,9 @@ def test_cached_teacher_targets_give_the_same_training(backbone_files, tmp_path)
         buffers.append(torch.cat([b.double().ravel() for b in student.buffers()]))
     # checkpointing recomputes blocks exactly, BN running statistics move once per step
     assert runs[2][0] == runs[1][0] and torch.equal(buffers[2], buffers[1])
+    assert runs[4][0] == runs[3][0] and torch.equal(buffers[4], buffers[3])  # in NHWC too
     (before, w_before), *variants = runs
-    for (after, w_after), tolerance in zip(variants, (1e-4, 1e-4, 2e-3), strict=True):
+    for (after, w_after), tolerance in zip(variants, (1e-4, 1e-4, 2e-3, 2e-3), strict=True):
         for a, b in zip(before, after, strict=True):
             assert a["loss"] == pytest.approx(b["loss"], rel=tolerance)
             assert a["val_loss"] == pytest.approx(b["val_loss"], rel=tolerance)
@@ -151,3 +153,22 @@ def test_validations_are_spread_and_patience_needs_a_real_gain(backbone_files):
     epochs = [h["epoch"] for h in result.history]
     assert epochs == list(range(4, 4 * len(epochs) + 1, 4)) and len(epochs) < 4
     assert result.best_val_loss == min(h["val_loss"] for h in result.history)
+
+
+def test_a_job_reuses_the_live_trunk_graph_instead_of_exporting(bottle_model, backbone_files,
+                                                               data_root, tmp_path):
+    """The trunk is frozen: the worker runs the live version's trunk graph (no ONNX export
+    before training), and its features are those of a freshly exported one."""
+    from edge_runtime.dataset import train_images
+    from edge_runtime.training.bundle import ModelBundle
+
+    images = train_images(data_root, "bottle", 3)
+    spec = ModelSpec.from_dict(md.read_manifest(bottle_model).spec)
+    reused = ModelBundle(spec, backbone_files, work_dir=tmp_path / "reused")
+    reused.reuse_trunk_graph(bottle_model)
+    assert (tmp_path / "reused" / md.TRUNK).read_bytes() == (bottle_model / md.TRUNK).read_bytes()
+    exported = ModelBundle(spec, backbone_files, work_dir=tmp_path / "exported")
+    np.testing.assert_allclose(reused.features(images), exported.features(images), atol=1e-5)
+    other = ModelBundle(ModelSpec.stfpm(), backbone_files, work_dir=tmp_path / "other")
+    other.reuse_trunk_graph(bottle_model)  # another spec: its own trunk, exported
+    assert not (tmp_path / "other" / md.TRUNK).exists()

@@ -73,9 +73,9 @@ class FeatureRunner:
     """The features graph in ORT: image batch -> (N, grid*grid, D) patch embeddings."""
 
     def __init__(self, graph_path: str | os.PathLike[str], image_size: int, threads: int = 0,
-                 spinning: bool = False) -> None:
+                 spinning: bool = False, arena: bool = True) -> None:
         self.image_size = image_size
-        self.session = open_session(graph_path, threads, spinning)
+        self.session = open_session(graph_path, threads, spinning, arena=arena)
         probe = np.zeros((1, 3, image_size, image_size), np.float32)
         shape = self.session.run(["patches"], {"image": probe})[0].shape
         self.dim, self.grid = int(shape[1]), int(shape[2])  # (sum of channels, grid side)

@@ -23,9 +23,11 @@ from pathlib import Path
 
 from edge_runtime.dataset import spread
 from edge_runtime.inference import heads as H
+from edge_runtime.memory import trim_heap
 from edge_runtime.settings import Settings
 
 log = logging.getLogger("edge_runtime.heads")
+IDLE_SECONDS = 60.0  # the features session closes after this long without a head's use
 
 
 class _Superseded(Exception):
@@ -59,12 +61,15 @@ class HeadService:
         self.root.mkdir(parents=True, exist_ok=True)
         self._lock = threading.Lock()
         self._runner_lock = threading.Lock()  # held while the graph is exported: not _lock
-        self._heads: dict[int, H.HeadInferencer] = {}
+        self._heads: dict[int, H.Head] = {}
         self._state: dict[int, dict] = {}
         self._queued: dict[int, Future] = {}
         self._generation: dict[int, int] = {}  # bumped by each queued fit
         self._runner: H.FeatureRunner | None = None
+        self._last_use = time.monotonic()
         self._executor = ThreadPoolExecutor(max_workers=1, thread_name_prefix="heads")
+        self._closing = threading.Event()
+        threading.Thread(target=self._release_when_idle, name="heads-idle", daemon=True).start()
 
     # ---- features graph
     @property
@@ -83,8 +88,27 @@ class HeadService:
                         cmd += ["--weights-dir", self.options.weights_dir]
                     subprocess.run(cmd, check=True, capture_output=True, timeout=600)
                 self._runner = H.FeatureRunner(self.graph_path, self.options.image_size,
-                                               self.options.threads)
+                                               self.options.threads, arena=False)
             return self._runner
+
+    def release_idle(self, idle_seconds: float = IDLE_SECONDS) -> bool:
+        """Close the features session when no head has served or fitted for a while: once
+        the student knows the products, nobody uses it, and it held ~30 MB of the API."""
+        with self._lock:
+            busy = any(not future.done() for future in self._queued.values())
+        if busy or time.monotonic() - self._last_use < idle_seconds:
+            return False
+        with self._runner_lock:
+            if self._runner is None:
+                return False
+            self._runner = None
+        trim_heap()
+        log.info("features session closed after %.0f s unused", idle_seconds)
+        return True
+
+    def _release_when_idle(self) -> None:
+        while not self._closing.wait(IDLE_SECONDS / 4):
+            self.release_idle()
 
     def head_path(self, product_id: int) -> Path:
         return self.root / f"{int(product_id)}.npz"
@@ -105,6 +129,7 @@ class HeadService:
         return found
 
     def shutdown(self) -> None:
+        self._closing.set()
         self._executor.shutdown(wait=False, cancel_futures=True)
 
     def request_fit(self, product_id: int, captures: Callable[[], list[Path]]) -> Future | None:
@@ -134,6 +159,7 @@ class HeadService:
              generation: int = 0) -> dict:
         options = self.options
         started = time.perf_counter()
+        self._last_use = time.monotonic()
         self._set(product_id, status="fitting")
         try:
             images = spread(captures(), options.max_images)
@@ -154,6 +180,8 @@ class HeadService:
             head.meta["captures"] = len(images)
             size = head.save(self.head_path(product_id))
             self._publish(product_id, head, size, time.perf_counter() - started)
+            self._last_use = time.monotonic()
+            trim_heap()  # the fit's embeddings and float64 sums go back to the OS
             log.info("head for product %d ready: %d bytes, %.1f s", product_id, size,
                      time.perf_counter() - started)
         except _Superseded:
@@ -165,9 +193,8 @@ class HeadService:
 
     def _publish(self, product_id: int, head: H.Head, size: int,
                  seconds: float | None) -> None:
-        inferencer = H.HeadInferencer(self.runner(), head)
         with self._lock:
-            self._heads[product_id] = inferencer
+            self._heads[product_id] = head
             self._state[product_id] = {"status": "ready", "kind": head.kind, "bytes": size,
                                        "captures": head.meta.get("captures"),
                                        "fit_seconds": None if seconds is None
@@ -187,8 +214,20 @@ class HeadService:
         self.head_path(product_id).unlink(missing_ok=True)
 
     # ---- serving
-    def inferencer(self, product_id: int) -> H.HeadInferencer | None:
+    def head(self, product_id: int) -> H.Head | None:
         return self._heads.get(product_id)
+
+    def inferencer(self, product_id: int) -> H.HeadInferencer | None:
+        """The product's head on the features session (opened again if it was idle)."""
+        head = self._heads.get(product_id)
+        if head is None:
+            return None
+        self._last_use = time.monotonic()
+        try:
+            return H.HeadInferencer(self.runner(), head)
+        except H.HeadError as exc:  # fitted at another image size: refitted on new captures
+            log.warning("head of product %d cannot serve: %s", product_id, exc)
+            return None
 
     def state(self, product_id: int) -> dict:
         with self._lock:

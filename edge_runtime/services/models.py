@@ -20,6 +20,7 @@ from edge_runtime.atomic import atomic_write_bytes
 from edge_runtime.inference import model_dir as md
 from edge_runtime.inference.inferencer import AnomalyInferencer
 from edge_runtime.inference.thresholds import Thresholds
+from edge_runtime.memory import trim_heap
 from edge_runtime.services.errors import NotFoundError
 
 log = logging.getLogger("edge_runtime.models")
@@ -122,6 +123,7 @@ class ModelRegistry:
             atomic_write_bytes(self.root / md.CURRENT, live.version.encode())
             self._live = live
         self._prune(live.version)
+        trim_heap()  # the replaced session's memory goes back to the OS
 
     def _prune(self, current: str) -> None:
         """Keep the newest ``keep_versions`` directories (and always the live one)."""

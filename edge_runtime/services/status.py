@@ -111,5 +111,5 @@ class StatusService:
         """Who would answer an inspection of ``product`` now (None: nobody yet)."""
         if product["trained"]:
             return STUDENT
-        head = self.heads.inferencer(product["id"]) if self.heads else None
-        return head.head.kind if head is not None else None
+        head = self.heads.head(product["id"]) if self.heads else None
+        return head.kind if head is not None else None

@@ -8,6 +8,7 @@ loads a student from a model directory, and saves complete, verified model direc
 from __future__ import annotations
 
 import os
+import shutil
 import tempfile
 from collections.abc import Callable, Sequence
 from pathlib import Path
@@ -44,15 +45,29 @@ class ModelBundle:
             work_dir = self._tmp.name
         self.work_dir = Path(work_dir)
         self._trunk_runner: TrunkRunner | None = None
+        self._trunk_graph: Path | None = None
 
     @property
     def model(self) -> PasteModel:
         return PasteModel(self.spec, self.trunk, self.teacher, self.student).eval()
 
+    def reuse_trunk_graph(self, directory: str | os.PathLike[str]) -> None:
+        """Run the trunk graph of a model directory of the same spec (the trunk is frozen,
+        so it is the same graph): no ONNX export, whose tracing would leave ~25 MB in the
+        training worker before its peak."""
+        source = Path(directory) / md.TRUNK
+        if source.is_file() and ModelSpec.from_dict(md.read_manifest(directory).spec) == \
+                self.spec:
+            self.work_dir.mkdir(parents=True, exist_ok=True)
+            self._trunk_graph = self.work_dir / md.TRUNK
+            shutil.copyfile(source, self._trunk_graph)  # the version may be pruned meanwhile
+
     def trunk_runner(self) -> TrunkRunner:
         if self._trunk_runner is None:
-            path = self.work_dir / md.TRUNK
-            export_trunk(self.trunk, self.spec.image_size, path)
+            path = self._trunk_graph
+            if path is None:
+                path = self.work_dir / md.TRUNK
+                export_trunk(self.trunk, self.spec.image_size, path)
             self._trunk_runner = TrunkRunner(path, self.spec.image_size, self.threads)
         return self._trunk_runner
 

@@ -17,6 +17,7 @@ from pathlib import Path
 from edge_runtime.inference import model_dir as md
 from edge_runtime.inference.inferencer import AnomalyInferencer
 from edge_runtime.inference.thresholds import PAPER_POLICY, CalibrationPolicy, Thresholds
+from edge_runtime.model.macs import inference_macs
 from edge_runtime.training.continual import ContinualTrainer, TaskData
 from edge_runtime.training.loop import Progress, TrainConfig, TrainResult, holdout_split
 
@@ -83,9 +84,11 @@ def learn_product(
     hooks.phase("training")
     result = trainer.learn(task, hooks.progress, hooks.should_stop)
     hooks.phase("saving")
-    info = {"product": product, "images": len(task.images), "epochs_run": result.epochs_run,
-            "best_epoch": result.best_epoch, "seconds": round(result.seconds, 2)}
     bundle = trainer.bundle
+    # counted after training: the counting forward's buffers stay off the training peak
+    info = {"product": product, "images": len(task.images), "epochs_run": result.epochs_run,
+            "best_epoch": result.best_epoch, "seconds": round(result.seconds, 2),
+            "macs": inference_macs(bundle.spec, bundle.trunk, bundle.teacher, bundle.student)}
     directory = bundle.save(target, training=info | (training_info or {}))
     hooks.phase("calibrating")
     inferencer = AnomalyInferencer(directory / md.MERGED, bundle.spec.image_size,

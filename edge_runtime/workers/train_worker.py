@@ -191,7 +191,6 @@ def train(job: JobInput, settings: Settings, layout: DataLayout, reporter: JobRe
     limit_malloc_arenas()  # before torch and ORT start their threads
     import torch
 
-    from edge_runtime.model.macs import inference_macs
     from edge_runtime.model.torch_model import ModelSpec
     from edge_runtime.model.weights import resolve_backbone_files
     from edge_runtime.training.bundle import ModelBundle
@@ -218,6 +217,7 @@ def train(job: JobInput, settings: Settings, layout: DataLayout, reporter: JobRe
                          cfg.seed, cfg.threads, work_dir=layout.job_work(job.job_id))
     if previous:
         bundle.load_student(previous)
+        bundle.reuse_trunk_graph(previous)
     fixed = {"epochs": job.epochs, "target_steps": 0} if job.epochs else {}
     config = TrainConfig.for_recipe(cfg.recipe, seed=cfg.seed, **fixed)
     replay = settings.replay
@@ -230,10 +230,9 @@ def train(job: JobInput, settings: Settings, layout: DataLayout, reporter: JobRe
             trainer.store.remove(name)
     held = sum(len(heldout_images(paths, trainer.config)) for paths in job.earlier.values())
     reporter.plan(len(job.images), held + len(heldout_images(job.images, trainer.config)))
-    macs = inference_macs(bundle.spec, bundle.trunk, bundle.teacher, bundle.student)
     return learn_product(
         trainer, job.product, job.images, layout.models / f"v{job.job_id:06d}", job.earlier,
-        training_info={"job": job.job_id, "macs": macs, "codec": trainer.store.codec.name},
+        training_info={"job": job.job_id, "codec": trainer.store.codec.name},
         hooks=Hooks(phase=phase, features=reporter.features,
                     progress=reporter.progress, should_stop=reporter.should_stop),
         policy=calibration_policy(cfg.recipe))
