@@ -26,7 +26,7 @@ from pathlib import Path
 
 from _common import REPO, SHARED, current_peak_rss_mb, emit_json, peak_rss_mb, reset_peak_rss
 
-from edge_runtime.memory import preload_env
+from edge_runtime.memory import preload_env, trim_heap
 from edge_runtime.settings import Settings
 
 DAEMON = Settings()  # the daemon's embedded defaults: how its training worker trains
@@ -148,6 +148,7 @@ def run_one(run: str, args: argparse.Namespace) -> None:
         marks: dict[str, float] = {}
 
         def on_phase(name: str, marks=marks) -> None:
+            trim_heap()  # as the daemon's worker does at each phase
             marks[name] = time.perf_counter()
             if name == "training":  # training's own high-water mark, apart from evaluation
                 reset_peak_rss()
@@ -172,14 +173,17 @@ def run_one(run: str, args: argparse.Namespace) -> None:
                             progress=progress),
                 policy=calibration_policy(recipe))
         row = []
+        # no arena: it would hold batch-8 activations through the next task's training
         inferencer = AnomalyInferencer(learned.directory / md.MERGED, spec.image_size,
-                                       args.threads)
+                                       args.threads, arena=False)
         for seen in categories[: step + 1]:
             with tqdm(desc=f"{run} eval {seen}", unit="img", leave=False) as bar:
                 scores = evaluate(inferencer, args.data, seen, args.max_test_images,
                                   learned.thresholds[seen],
                                   lambda d, t, bar=bar: bar.update(d - bar.n))
             row.append({k: scores[k] for k in METRICS})
+        del inferencer
+        trim_heap()
         with atomic_path(ckpt / md.STUDENT) as tmp:
             torch.save(bundle.student.state_dict(), tmp)
         state["tasks"].append(category)
@@ -190,8 +194,9 @@ def run_one(run: str, args: argparse.Namespace) -> None:
         state["peak_rss_mb"] = max(state["peak_rss_mb"], round(marks["train_peak"], 1))
         state["peak_rss_eval_mb"] = max(state.get("peak_rss_eval_mb", 0.0),
                                         round(peak_rss_mb(), 1))
-        state["resources"] = _resources(bundle, trainer, spec, learned.directory, args,
-                                        inference_macs, training_step_macs, np)
+        if step == len(categories) - 1:  # once: FlopCounterMode keeps ~85 MB of tables
+            state["resources"] = _resources(bundle, trainer, spec, learned.directory, args,
+                                            inference_macs, training_step_macs, np)
         atomic_write_bytes(state_path, json.dumps(state, indent=1).encode())
 
 
@@ -265,6 +270,7 @@ def run_head(run: str, args: argparse.Namespace) -> None:
                 scores = evaluate(inferencer, args.data, seen, args.max_test_images,
                                   thresholds, lambda d, t, bar=bar: bar.update(d - bar.n))
             row.append({k: scores[k] for k in METRICS})
+        trim_heap()
         state["tasks"].append(category)
         state["matrix"].append(row)
         state["train_seconds"].append(round(seconds, 2))

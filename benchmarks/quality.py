@@ -12,8 +12,15 @@ Two modes:
   the training images plus synthetic (CutPaste-style) anomalies made from it; the recipe
   sees only the remaining training images. This is where choices are made.
 
+- ``--daemon``: what the operator sees, through a real daemon on its embedded defaults (one
+  per recipe and category: ``training.recipe`` = paper or new): ``--max-train-images``
+  captures uploaded over HTTP (default 200), one training job, then ``--parts`` good and
+  ``--parts`` defective test parts inspected (evenly spread over the defect kinds); counts
+  the correct verdicts.
+
 Last line: ``{"paper": {CATEGORY: {...}}, "new": {CATEGORY: {...}}}`` (ablation: one key per
-variant).
+variant; daemon: ``correct``, ``parts``, ``false_rejects``, ``missed_defects``,
+``learn_seconds``).
 """
 
 from __future__ import annotations
@@ -271,6 +278,69 @@ def ablation_recipes(target_steps: int | None) -> list[Recipe]:
     ]
 
 
+# ---------------------------------------------------------------- through the daemon
+def daemon_verdicts(data: Path, category: str, recipe: str, captures: int, parts: int,
+                    epochs: int | None = None) -> dict:
+    """One daemon on its defaults (``training.recipe`` = ``recipe``): upload, train, inspect."""
+    import shutil
+    import tempfile
+    import time
+
+    from edge_runtime.daemon_process import Daemon
+    from edge_runtime.dataset import spread, test_samples, train_images
+
+    root = Path(tempfile.mkdtemp(prefix="edge-quality-"))
+    daemon = Daemon(root / "data", env={"EDGE_RUNTIME_TRAINING_RECIPE": recipe})
+    samples = test_samples(data, category)
+    good = spread([s for s in samples if s.defect == "good"], parts)
+    bad = spread([s for s in samples if s.defect != "good"], parts)
+    try:
+        daemon.start(timeout=120)
+        product = daemon.client.post("/products", json={"name": category}).json()
+        images = train_images(data, category, captures)
+        for start in range(0, len(images), 20):
+            assert daemon.upload(product["id"], images[start : start + 20]).is_success
+        started = time.monotonic()
+        body = {"epochs": epochs} if epochs else {}  # none: as the recipe plans
+        job = daemon.client.post(f"/products/{product['id']}/train", json=body).json()
+        job = daemon.wait_job(job["id"], timeout=3600)
+        assert job["status"] == "succeeded", job
+        daemon.wait_live(job["version"], timeout=60)
+        learn_seconds = time.monotonic() - started
+        verdicts = {}
+        for sample in good + bad:
+            response = daemon.inspect(category, sample.image)
+            assert response.status_code == 200, response.text
+            verdicts[sample.image] = response.json()["verdict"]
+    finally:
+        daemon.stop()
+        shutil.rmtree(root, ignore_errors=True)
+    false_rejects = sum(verdicts[s.image] == "reject" for s in good)
+    missed = sum(verdicts[s.image] == "pass" for s in bad)
+    return {"correct": len(good) + len(bad) - false_rejects - missed,
+            "parts": len(good) + len(bad), "false_rejects": false_rejects,
+            "missed_defects": missed, "learn_seconds": round(learn_seconds, 1)}
+
+
+def run_daemon(args: argparse.Namespace, categories: list[str]) -> None:
+    from tqdm import tqdm
+
+    recipes = args.recipes or ["paper", "new"]
+    out: dict = {recipe: {} for recipe in recipes}
+    for category in categories:
+        for recipe in tqdm(recipes, desc=f"{category} through the daemon", unit="recipe"):
+            out[recipe][category] = daemon_verdicts(
+                args.data, category, recipe, args.max_train_images or 200, args.parts,
+                2 if args.quick else None)
+            tqdm.write(f"{category} {recipe}: {json.dumps(out[recipe][category])}")
+    print_table(["recipe", "category", "correct", "false rejects (good)",
+                 "missed defects", "train -> serving s"],
+                [[recipe, category, f"{r['correct']}/{r['parts']}", r["false_rejects"],
+                  r["missed_defects"], r["learn_seconds"]]
+                 for recipe, per in out.items() for category, r in per.items()])
+    emit_json(out)
+
+
 # ---------------------------------------------------------------- main
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
@@ -289,7 +359,18 @@ def main() -> None:
                         help="write each run's image scores and val-loss history here")
     parser.add_argument("--threads", type=int, default=1)
     parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--daemon", action="store_true",
+                        help="verdicts of test parts through a real daemon per recipe")
+    parser.add_argument("--parts", type=int, default=10,
+                        help="--daemon: good and defective test parts inspected, each")
     args = parser.parse_args()
+    if args.daemon:
+        from edge_runtime.dataset import list_categories
+
+        if args.quick:
+            args.max_train_images, args.parts = args.max_train_images or 40, 4
+        run_daemon(args, args.categories or list_categories(args.data))
+        return
 
     import numpy as np
     import torch

@@ -153,6 +153,64 @@ def _concat_targets(a: list[torch.Tensor], b: list[torch.Tensor]) -> list[torch.
     return [torch.cat([x, y]) for x, y in zip(a, b, strict=True)]
 
 
+class _Recomputed(torch.autograd.Function):
+    """One block run without saving its activations, run again in backward (classic
+    gradient checkpointing). Not torch.utils.checkpoint, which imports torch._dynamo (+86
+    MB). The parameters are inputs only so that the output requires grad; their gradients
+    accumulate in the recomputed block's own backward."""
+
+    @staticmethod
+    def forward(ctx, block: torch.nn.Module, x: torch.Tensor, *params: torch.Tensor):
+        ctx.block = block
+        ctx.save_for_backward(x)
+        with torch.enable_grad():  # the kernels of the recomputation, so values are equal
+            return block(x.detach().requires_grad_(x.requires_grad)).detach()
+
+    @staticmethod
+    def backward(ctx, grad: torch.Tensor):
+        (x,) = ctx.saved_tensors
+        x = x.detach().requires_grad_(x.requires_grad)
+        with torch.enable_grad():
+            out = ctx.block(x)
+            # = backward(out, grad), exactly (1.0 * grad); passing grad itself would make
+            # autograd import sympy for its shape check (+20 MB)
+            (out * grad).sum().backward()
+        return (None, x.grad, *([None] * len(ctx.needs_input_grad[2:])))
+
+
+class MomentumSGD:
+    """SGD with momentum and weight decay: torch.optim.SGD's CPU arithmetic, step for step
+    (a test holds them bitwise equal). Not torch.optim because building any of its
+    optimizers imports torch._dynamo and sympy: +86 MB the training worker kept to its end.
+    The learning rate comes with each step (the schedule is ``TrainConfig.lr_factor``)."""
+
+    def __init__(self, params, momentum: float, weight_decay: float) -> None:
+        self.params = list(params)
+        self.momentum, self.weight_decay = momentum, weight_decay
+        self.buffers: list[torch.Tensor | None] = [None] * len(self.params)
+
+    def zero_grad(self) -> None:
+        for param in self.params:
+            param.grad = None
+
+    @torch.no_grad()
+    def step(self, lr: float) -> None:
+        for index, param in enumerate(self.params):
+            if param.grad is None:
+                continue
+            grad = param.grad
+            if self.weight_decay:
+                grad = grad.add(param, alpha=self.weight_decay)
+            if self.momentum:
+                buffer = self.buffers[index]
+                if buffer is None:
+                    buffer = self.buffers[index] = grad.detach().clone()
+                else:
+                    buffer.mul_(self.momentum).add_(grad)
+                grad = buffer
+            param.add_(grad, alpha=-lr)
+
+
 class StudentTrainer:
     """Trains ``student`` to mimic the frozen ``teacher`` on trunk features.
 
@@ -173,39 +231,35 @@ class StudentTrainer:
         self.cache_targets = cache_targets
         self.checkpoint = checkpoint
         self.memory_format = torch.channels_last if channels_last else torch.contiguous_format
-        self.optimizer = torch.optim.SGD(
-            student.parameters(), lr=config.lr, momentum=config.momentum,
-            weight_decay=config.weight_decay,
-        )
+        self.optimizer = MomentumSGD(student.parameters(), config.momentum, config.weight_decay)
 
-    def _step(self, batch: torch.Tensor, target: list[torch.Tensor] | None = None) -> float:
+    def _step(self, lr: float, batch: torch.Tensor,
+              target: list[torch.Tensor] | None = None) -> float:
         batch = batch.contiguous(memory_format=self.memory_format)
         if target is None:
             with torch.no_grad():
                 target = self.teacher(batch)
         if not self.checkpoint:
             loss = stfpm_loss(target, self.student(batch))
-            self.optimizer.zero_grad(set_to_none=True)
+            self.optimizer.zero_grad()
             loss.backward()
         else:
             loss = stfpm_loss(target, self._checkpointed(batch))
-            self.optimizer.zero_grad(set_to_none=True)
+            self.optimizer.zero_grad()
             stats = [b.clone() for b in self.student.buffers()]
             loss.backward()  # recomputes each block's forward, BN statistics included
             for buffer, kept in zip(self.student.buffers(), stats, strict=True):
                 buffer.copy_(kept)  # so BN running statistics move once per step, as before
-        self.optimizer.step()
+        self.optimizer.step(lr)
         return float(loss.detach())
 
     def _checkpointed(self, batch: torch.Tensor) -> list[torch.Tensor]:
         """The student's forward keeping only each block's input for backward (opt-in
         ``checkpoint``): saved activations ~256 -> ~40 MB at batch 16, one more student
         forward per step."""
-        from torch.utils.checkpoint import checkpoint
-
         features, x = [], batch
         for index, layer in enumerate(self.student.layers):
-            x = checkpoint(layer, x, use_reentrant=False)
+            x = _Recomputed.apply(layer, x, *layer.parameters())
             if index in self.student.taps:
                 features.append(x)
         return features
@@ -263,8 +317,7 @@ class StudentTrainer:
         steps = math.ceil(len(features) / cfg.batch_size)
         epochs = cfg.planned_epochs(len(features))
         every = max(1, round(epochs / cfg.validations)) if cfg.validations else 1
-        schedule = torch.optim.lr_scheduler.LambdaLR(
-            self.optimizer, lambda i: cfg.lr_factor(i, epochs * steps))
+        done = 0  # steps taken: the learning rate of step i is lr * lr_factor(i, planned)
         use_replay = replay is not None and len(replay) > 0 and cfg.replay_batch_size > 0
         next_batch = self._batches(features, replay if use_replay else None)
         has_val = val_features is not None and len(val_features) > 0
@@ -280,8 +333,9 @@ class StudentTrainer:
                     raise TrainingCancelled("training cancelled")
                 index = order[(step - 1) * cfg.batch_size : step * cfg.batch_size]
                 picks = plan[step - 1] if plan is not None else None
-                losses.append(self._step(*next_batch(index, picks)))
-                schedule.step()
+                lr = cfg.lr * cfg.lr_factor(done, epochs * steps)
+                losses.append(self._step(lr, *next_batch(index, picks)))
+                done += 1
                 if on_progress and step < steps:
                     on_progress(Progress(epoch, epochs, step, steps, losses[-1]))
             train_loss = float(np.mean(losses))
