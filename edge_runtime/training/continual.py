@@ -88,7 +88,7 @@ class ContinualTrainer:
     # the teacher's outputs held per image (loop.TeacherTargets): PaSTe's are smaller than
     # a step's activations; STFPM's (from the raw image on) are not, so it recomputes them
     cache_targets: bool | None = None
-    checkpoint: bool = False  # loop.StudentTrainer: exact, -170 MB peak, slower steps
+    checkpoint: bool = False  # loop.StudentTrainer: -170 MB peak, ~25% slower steps
     channels_last: bool = True  # loop.StudentTrainer: the student in NHWC (faster steps)
     store: ReplayStore | None = field(init=False, default=None)
     _seen: list[TaskData] = field(init=False, default_factory=list)
