@@ -98,7 +98,7 @@ def run_one(run: str, args: argparse.Namespace) -> None:
     from edge_runtime.evaluation.evaluate import evaluate
     from edge_runtime.inference import model_dir as md
     from edge_runtime.inference.inferencer import AnomalyInferencer
-    from edge_runtime.model.macs import inference_macs, training_step_macs
+    from edge_runtime.model.macs import training_step_macs
     from edge_runtime.model.torch_model import ModelSpec
     from edge_runtime.training.bundle import ModelBundle
     from edge_runtime.training.continual import ContinualTrainer
@@ -196,7 +196,7 @@ def run_one(run: str, args: argparse.Namespace) -> None:
                                         round(peak_rss_mb(), 1))
         if step == len(categories) - 1:  # once: FlopCounterMode keeps ~85 MB of tables
             state["resources"] = _resources(bundle, trainer, spec, learned.directory, args,
-                                            inference_macs, training_step_macs, np)
+                                            training_step_macs, np)
         atomic_write_bytes(state_path, json.dumps(state, indent=1).encode())
 
 
@@ -291,8 +291,7 @@ def run_head(run: str, args: argparse.Namespace) -> None:
         atomic_write_bytes(path, json.dumps(state, indent=1).encode())
 
 
-def _resources(bundle, trainer, spec, model_path, args, inference_macs, training_step_macs,
-               np) -> dict:
+def _resources(bundle, trainer, spec, model_path, args, training_step_macs, np) -> dict:
     from edge_runtime.inference import model_dir as md
     from edge_runtime.inference.inferencer import AnomalyInferencer
 
@@ -313,8 +312,8 @@ def _resources(bundle, trainer, spec, model_path, args, inference_macs, training
         "additional_memory_bytes": (store["payload_bytes"] + store["metadata_bytes"])
         if store else 0,
         "replay_store": store,
-        "inference_macs": inference_macs(spec, bundle.trunk, bundle.teacher,
-                                         bundle.student)["total"],
+        # counted by the recipe when it saved the model (learn_product)
+        "inference_macs": md.read_manifest(model_path).training["macs"]["total"],
         "training_macs_per_step": training_step_macs(
             spec, bundle.trunk, bundle.teacher, bundle.student,
             trainer.config.batch_size + (trainer.config.replay_batch_size if store else 0),

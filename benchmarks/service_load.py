@@ -12,7 +12,6 @@ from __future__ import annotations
 
 import argparse
 import io
-import socket
 import tempfile
 import threading
 import time
@@ -26,7 +25,7 @@ from _mqtt_phase import report, run_mqtt_phase
 from PIL import Image
 from tqdm import tqdm
 
-from edge_runtime.daemon_process import Daemon
+from edge_runtime.daemon_process import Daemon, WatchdogListener
 from edge_runtime.memory import peak_rss_mb  # the same real-server harness the tests use
 
 
@@ -141,37 +140,6 @@ class EventListeners:
 
 WATCHDOG_USEC = 2_000_000  # strict: a ping each second (the unit's WatchdogSec is 30)
 UPLOAD_SIDE = 2400  # px: large PNGs that decode to 17 MB each
-
-
-class WatchdogListener:
-    """The systemd side of sd_notify: receives the daemon's WATCHDOG=1 datagrams."""
-
-    def __init__(self, path: Path) -> None:
-        self.path = path
-        self.sock = socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM)
-        self.sock.bind(str(path))
-        self.sock.settimeout(0.2)
-        self.times: list[float] = []
-        self._stop = threading.Event()
-        self._thread = threading.Thread(target=self._run, daemon=True)
-        self._thread.start()
-
-    def _run(self) -> None:
-        while not self._stop.is_set():
-            try:
-                if b"WATCHDOG=1" in self.sock.recv(512):
-                    self.times.append(time.monotonic())
-            except TimeoutError:
-                continue
-
-    def max_gap_since(self, since: float) -> float:
-        times = [since] + [t for t in self.times if t >= since] + [time.monotonic()]
-        return float(np.diff(times).max())
-
-    def close(self) -> None:
-        self._stop.set()
-        self._thread.join()
-        self.sock.close()
 
 
 class HealthGaps:
@@ -316,8 +284,7 @@ def main() -> None:
         product = c.post("/products", json={"name": "bottle"}).json()
         images = sorted((args.data / "bottle" / "train" / "good").glob("*.png"))[:48]
         daemon.upload(product["id"], images)
-        job = daemon.wait_job(c.post(f"/products/{product['id']}/train",
-                                     json={"epochs": 2}).json()["id"])
+        job = daemon.train(product["id"], epochs=2)
         daemon.wait_live(job["version"])
         with PeakRss(daemon.process.pid) as peak:
             idle = _hammer(daemon, jpegs, count, args.clients, "idle")

@@ -10,6 +10,7 @@ import signal
 import socket
 import subprocess
 import sys
+import threading
 import time
 from pathlib import Path
 
@@ -70,6 +71,11 @@ class Daemon:
         return self.client.post("/inspect", data={"product": str(product)},
                                 files={"file": (path.name, path.read_bytes(), "image/png")})
 
+    def train(self, product_id: int, epochs: int = 1, timeout: float = 240) -> dict:
+        """Start a training job of fixed ``epochs`` and wait for its end; the finished job."""
+        response = self.client.post(f"/products/{product_id}/train", json={"epochs": epochs})
+        return self.wait_job(response.json()["id"], timeout)
+
     def wait_job(self, job_id: int, timeout: float = 240) -> dict:
         deadline = time.monotonic() + timeout
         while time.monotonic() < deadline:
@@ -87,3 +93,36 @@ class Daemon:
                 return status
             time.sleep(0.1)
         raise TimeoutError(f"version {version} never went live")
+
+
+class WatchdogListener:
+    """systemd's side of sd_notify at ``path`` (give it to the daemon as NOTIFY_SOCKET):
+    keeps the times of the WATCHDOG=1 datagrams."""
+
+    def __init__(self, path: Path) -> None:
+        self.path = Path(path)
+        self.sock = socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM)
+        self.sock.bind(str(self.path))
+        self.sock.settimeout(0.1)
+        self.times: list[float] = []
+        self._stop = threading.Event()
+        self._thread = threading.Thread(target=self._run, daemon=True)
+        self._thread.start()
+
+    def _run(self) -> None:
+        while not self._stop.is_set():
+            try:
+                if b"WATCHDOG=1" in self.sock.recv(512):
+                    self.times.append(time.monotonic())
+            except TimeoutError:
+                continue
+
+    def max_gap_since(self, since: float) -> float:
+        """The longest time without a ping from ``since`` until now."""
+        times = [since] + [t for t in self.times if t >= since] + [time.monotonic()]
+        return max(b - a for a, b in zip(times, times[1:], strict=False))
+
+    def close(self) -> None:
+        self._stop.set()
+        self._thread.join()
+        self.sock.close()

@@ -5,7 +5,6 @@ viewer shows them, and bad input gets a 4xx, never a 500."""
 from __future__ import annotations
 
 import io
-import socket
 import struct
 import subprocess
 import sys
@@ -19,7 +18,7 @@ import psutil
 import pytest
 from PIL import Image
 
-from edge_runtime.daemon_process import Daemon
+from edge_runtime.daemon_process import Daemon, WatchdogListener
 
 
 def _png_chunk(kind: bytes, data: bytes) -> bytes:
@@ -66,47 +65,18 @@ def _post_inspect(client: httpx.Client, product: str, data: bytes, name: str = "
                        files={"file": (name, data, "application/octet-stream")})
 
 
-class PingListener:
-    """systemd's side of sd_notify: reads every datagram, keeps the WATCHDOG=1 times."""
-
-    def __init__(self, sock: socket.socket) -> None:
-        self.sock, self.times = sock, []
-        self.sock.settimeout(0.1)
-        self._stop = threading.Event()
-        self._thread = threading.Thread(target=self._run, daemon=True)
-        self._thread.start()
-
-    def _run(self) -> None:
-        while not self._stop.is_set():
-            try:
-                if b"WATCHDOG=1" in self.sock.recv(512):
-                    self.times.append(time.monotonic())
-            except TimeoutError:
-                continue
-
-    def close(self) -> None:
-        self._stop.set()
-        self._thread.join()
-        self.sock.close()
-
-
 @pytest.fixture(scope="module")
 def trained(tmp_path_factory, data_root):
     """A daemon whose live model knows bottle (a short real job), with a watchdog socket."""
     root = tmp_path_factory.mktemp("input")
-    notify = root / "notify.sock"
-    listener = socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM)
-    listener.bind(str(notify))
-    daemon = Daemon(root / "data", env={"NOTIFY_SOCKET": str(notify),
+    pings = WatchdogListener(root / "notify.sock")
+    daemon = Daemon(root / "data", env={"NOTIFY_SOCKET": str(pings.path),
                                         "WATCHDOG_USEC": "1000000"})  # a ping each 0.5 s
-    pings = PingListener(listener)
     daemon.start()
-    c = daemon.client
-    product = c.post("/products", json={"name": "bottle"}).json()
+    product = daemon.client.post("/products", json={"name": "bottle"}).json()
     images = sorted((data_root / "bottle" / "train" / "good").glob("*.png"))[:8]
     assert daemon.upload(product["id"], images).status_code == 201
-    job = daemon.wait_job(c.post(f"/products/{product['id']}/train",
-                                 json={"epochs": 1}).json()["id"])
+    job = daemon.train(product["id"])
     assert job["status"] == "succeeded", job
     daemon.product_id = product["id"]
     daemon.pings = pings

@@ -23,8 +23,7 @@ def test_trigger_to_verdict_through_the_daemon(tmp_path, data_root):
         shot = c.post(f"/products/{product['id']}/captures", params={"camera_frames": 8})
         assert shot.status_code == 201 and shot.json()["captures"][0]["source"].startswith(
             "camera:")
-        job = daemon.wait_job(c.post(f"/products/{product['id']}/train",
-                                     json={"epochs": 1}).json()["id"])
+        job = daemon.train(product["id"])
         daemon.wait_live(job["version"])
         answer = sim.ask(f"trigger {product['id']}")
         assert answer["verdict"] in ("PASS", "REJECT") and answer["flags"] == 0

@@ -27,8 +27,7 @@ def trained_data(tmp_path_factory, data_root) -> Path:
         product = c.post("/products", json={"name": "bottle"}).json()
         images = sorted((data_root / "bottle" / "train" / "good").glob("*.png"))[:8]
         assert daemon.upload(product["id"], images).status_code == 201
-        job = daemon.wait_job(c.post(f"/products/{product['id']}/train",
-                                     json={"epochs": 1}).json()["id"])
+        job = daemon.train(product["id"])
         assert job["status"] == "succeeded", job
     finally:
         daemon.stop()
@@ -189,8 +188,7 @@ def test_a_missing_replay_group_does_not_fail_later_jobs(trained_data, tmp_path,
         tile = c.post("/products", json={"name": "magnetic_tile"}).json()
         images = sorted((data_root / "magnetic_tile" / "train" / "good").glob("*.png"))[:6]
         assert daemon.upload(tile["id"], images).status_code == 201
-        job = daemon.wait_job(c.post(f"/products/{tile['id']}/train",
-                                     json={"epochs": 1}).json()["id"])
+        job = daemon.train(tile["id"])
         assert job["status"] == "succeeded", job
         log = (data / "logs" / f"job-{job['id']}.log").read_text()
         assert "missing or fails its checksum; dropped" in log

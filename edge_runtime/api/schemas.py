@@ -91,7 +91,9 @@ class JobOut(BaseModel):
     finished_at: float | None
 
 
-class InspectionOut(BaseModel):
+class _Inspection(BaseModel):
+    """The fields of an inspection that the verdict and its history share."""
+
     id: int
     product_id: int
     product: str
@@ -100,6 +102,9 @@ class InspectionOut(BaseModel):
     threshold: float
     latency_ms: float
     model_version: str
+
+
+class InspectionOut(_Inspection):
     head: str = Field(description='who answered: "student", or the memory-bank head '
                                   '("padim" / "patchcore") before the student knows the product')
     map_url: str
@@ -113,15 +118,7 @@ class ModelVersionOut(BaseModel):
     live: bool
 
 
-class InspectionRow(BaseModel):
-    id: int
-    product_id: int
-    product: str
-    score: float
-    verdict: str
-    threshold: float
-    latency_ms: float
-    model_version: str
+class InspectionRow(_Inspection):
     source: str
     created_at: float
     label: str | None
