@@ -231,3 +231,18 @@ def test_head_settings_name_the_heads_choices_and_reject_others():
         load_settings(environ={"EDGE_RUNTIME_HEADS_KIND": "knn"})
     with pytest.raises(SettingsError, match="heads.max_bytes"):
         load_settings(environ={"EDGE_RUNTIME_HEADS_MAX_BYTES": "1000"})
+
+
+def test_a_head_fit_without_weights_says_why(tmp_path, data_root):
+    """The features graph is written by a child process; its reason reaches /status."""
+    from edge_runtime.services.heads import HeadOptions, HeadService
+
+    empty = tmp_path / "no-weights"
+    empty.mkdir()
+    service = HeadService(tmp_path / "heads", HeadOptions(weights_dir=str(empty)))
+    images = dataset.train_images(data_root, "bottle", limit=6)
+    state = service.request_fit(3, lambda: images).result(120)
+    service.shutdown()
+    assert state["status"] == "failed", state
+    assert "features graph could not be written" in state["error"]
+    assert "MCUNet-in3 files not found" in state["error"], state["error"]

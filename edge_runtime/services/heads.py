@@ -86,7 +86,11 @@ class HeadService:
                            str(self.options.image_size)]
                     if self.options.weights_dir:
                         cmd += ["--weights-dir", self.options.weights_dir]
-                    subprocess.run(cmd, check=True, capture_output=True, timeout=600)
+                    done = subprocess.run(cmd, capture_output=True, text=True, timeout=600)
+                    if done.returncode:  # its last line says why (e.g. the weights are missing)
+                        lines = done.stderr.strip().splitlines() or [f"exit {done.returncode}"]
+                        raise RuntimeError(f"the features graph could not be written: "
+                                           f"{lines[-1]}")
                 self._runner = H.FeatureRunner(self.graph_path, self.options.image_size,
                                                self.options.threads, arena=False)
             return self._runner
