@@ -128,7 +128,7 @@ def run_one(run: str, args: argparse.Namespace) -> None:
                                None if budget else args.replay_samples, config,
                                budget_bytes=budget, selection=selection,
                                channels_last=args.student_format == "nhwc",
-                               checkpoint=DAEMON.training.low_memory)  # exact, less RAM
+                               low_memory=DAEMON.training.low_memory)  # as the daemon
     done = len(state["tasks"])
     if done and (ckpt / md.STUDENT).exists():
         bundle.student.load_state_dict(torch.load(ckpt / md.STUDENT, weights_only=True))

@@ -242,7 +242,7 @@ def child_stfpm(args: argparse.Namespace) -> dict:
     bundle = ModelBundle(ModelSpec.stfpm(), threads=1, work_dir=work)
     trainer = ContinualTrainer(bundle, "replay", "image", work / "replay", 100,
                                TrainConfig(epochs=args.epochs),
-                               checkpoint=Settings().training.low_memory)  # as the daemon
+                               low_memory=Settings().training.low_memory)  # as the daemon
     first = train_images(args.data, "bottle", args.captures)
     second = train_images(args.data, args.second, args.captures)
     learn_product(trainer, "bottle", first, work / "v1")
@@ -283,7 +283,7 @@ def child_epochs(args: argparse.Namespace) -> dict:
             bundle.student.load_state_dict(initial)
             trainer = StudentTrainer(bundle.teacher, bundle.student, config,
                                      cache_targets=cache, channels_last=channels_last,
-                                     checkpoint=checkpoint)
+                                     checkpoint=checkpoint, half_targets=checkpoint)
             trim_heap()
             start_mb = psutil.Process().memory_info().rss / MB
             reset_peak_rss()

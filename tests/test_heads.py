@@ -166,6 +166,7 @@ def test_head_service_fits_off_thread_persists_and_reloads(tmp_path, data_root, 
     newer = service.request_fit(7, lambda: images)
     state = newer.result(120)
     assert running.result(1)["status"] == "queued"  # it stopped for the newer one
+    assert service._runner is None  # fitted by a child process: nothing opened here
     assert state["status"] == "ready" and 0 < state["bytes"] <= options.max_bytes
     assert service.head_path(7).stat().st_size == state["bytes"]
     assert service.status()["bytes"] == state["bytes"]
@@ -246,3 +247,19 @@ def test_a_head_fit_without_weights_says_why(tmp_path, data_root):
     assert state["status"] == "failed", state
     assert "features graph could not be written" in state["error"]
     assert "MCUNet-in3 files not found" in state["error"], state["error"]
+
+
+def test_a_head_fit_that_fails_in_its_child_says_why(tmp_path, data_root, features_graph):
+    from edge_runtime.services.heads import HeadOptions, HeadService
+
+    service = HeadService(tmp_path / "heads", HeadOptions())
+    (tmp_path / "heads" / H.FEATURES).write_bytes(features_graph.read_bytes())
+    images = dataset.train_images(data_root, "bottle", limit=5)
+    broken = tmp_path / "broken.png"
+    broken.write_text("not an image")
+    state = service.request_fit(4, lambda: [*images, broken]).result(120)
+    service.shutdown()
+    assert state["status"] == "failed", state
+    assert state["error"].startswith("RuntimeError: the head could not be fitted: ")
+    assert "PNG or JPEG" in state["error"], state["error"]  # the child's own reason
+    assert not service.head_path(4).exists()

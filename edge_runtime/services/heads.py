@@ -1,22 +1,24 @@
-"""Per-product memory-bank heads in the API process: a verdict before the student exists.
+"""Per-product memory-bank heads: a verdict before the student exists.
 
-When a product's captures are stored (or on request) its head is fitted in one background
-thread, off the event loop, with numpy and ORT only, on the captures the training worker
-would use (same subset, same held-out split for the thresholds). Heads live in
+When a product's captures are stored (or on request) its head is fitted off the event
+loop, one product at a time, by a child process (workers/fit_head.py, numpy and ORT only)
+on the captures the training worker would use (same subset, same held-out split for the
+thresholds): a fit's working set never stays in the API's heap. Heads live in
 ``<data>/heads/<product id>.npz`` (ids, never names) and in RAM; their bytes are reported
 like the replay store's and each is bounded by ``heads.max_bytes``. The features graph
-they read (trunk + frozen teacher tail) is written once by a child process, since torch
-never enters this one.
+they read (trunk + frozen teacher tail) is written once by another child, since torch
+never enters this process; the API opens it only to serve a head.
 """
 
 from __future__ import annotations
 
+import json
 import logging
 import subprocess
 import sys
 import threading
 import time
-from collections.abc import Callable, Iterable, Iterator
+from collections.abc import Callable
 from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
@@ -28,10 +30,17 @@ from edge_runtime.settings import Settings
 
 log = logging.getLogger("edge_runtime.heads")
 IDLE_SECONDS = 60.0  # the features session closes after this long without a head's use
+FIT_TIMEOUT = 1800.0  # a stuck child; a fit of 200 captures takes seconds
+
+
+def _last_line(stderr: str, code: int) -> str:
+    """A child's reason: the last line of its traceback (e.g. the weights are missing)."""
+    lines = (stderr or "").strip().splitlines()
+    return lines[-1] if lines else f"exit {code}"
 
 
 class _Superseded(Exception):
-    """A newer fit of the same product is queued; this one stops early."""
+    """A newer fit of the same product is queued (or the service stops): this one ends."""
 
 
 @dataclass(frozen=True)
@@ -76,21 +85,24 @@ class HeadService:
     def graph_path(self) -> Path:
         return self.root / H.FEATURES
 
+    def _ensure_graph(self) -> Path:
+        """The features graph, exported by a child process the first time it is needed."""
+        if not self.graph_path.exists():
+            cmd = [sys.executable, "-m", "edge_runtime.workers.export_features",
+                   "--out", str(self.graph_path), "--image-size", str(self.options.image_size)]
+            if self.options.weights_dir:
+                cmd += ["--weights-dir", self.options.weights_dir]
+            done = subprocess.run(cmd, capture_output=True, text=True, timeout=600)
+            if done.returncode:
+                raise RuntimeError(f"the features graph could not be written: "
+                                   f"{_last_line(done.stderr, done.returncode)}")
+        return self.graph_path
+
     def runner(self) -> H.FeatureRunner:
-        """The features graph in ORT, exported by a child process on first use."""
+        """The features graph in ORT, for serving heads (closed again when idle)."""
         with self._runner_lock:
             if self._runner is None:
-                if not self.graph_path.exists():
-                    cmd = [sys.executable, "-m", "edge_runtime.workers.export_features",
-                           "--out", str(self.graph_path), "--image-size",
-                           str(self.options.image_size)]
-                    if self.options.weights_dir:
-                        cmd += ["--weights-dir", self.options.weights_dir]
-                    done = subprocess.run(cmd, capture_output=True, text=True, timeout=600)
-                    if done.returncode:  # its last line says why (e.g. the weights are missing)
-                        lines = done.stderr.strip().splitlines() or [f"exit {done.returncode}"]
-                        raise RuntimeError(f"the features graph could not be written: "
-                                           f"{lines[-1]}")
+                self._ensure_graph()
                 self._runner = H.FeatureRunner(self.graph_path, self.options.image_size,
                                                self.options.threads, arena=False)
             return self._runner
@@ -151,19 +163,10 @@ class HeadService:
             self._queued[product_id] = future
             return future
 
-    def _current(self, product_id: int, generation: int, batches: Iterable) -> Iterator:
-        """Pass batches through until a newer fit of the product is queued: that one will
-        see every capture this one sees, so finishing this one would only delay it."""
-        for batch in batches:
-            if self._generation.get(product_id) != generation:
-                raise _Superseded
-            yield batch
-
     def _fit(self, product_id: int, captures: Callable[[], list[Path]],
              generation: int = 0) -> dict:
         options = self.options
         started = time.perf_counter()
-        self._last_use = time.monotonic()
         self._set(product_id, status="fitting")
         try:
             images = spread(captures(), options.max_images)
@@ -172,28 +175,51 @@ class HeadService:
                           error=f"{len(images)} captures; a head needs {options.min_captures}")
                 return self.state(product_id)
             train, held = H.holdout_split(len(images), 0.1, options.seed)
-            fitted = [images[i] for i in train]
-            runner = self.runner()
-            config = H.HeadConfig(kind=options.kind, covariance=options.covariance,
-                                  max_bytes=options.max_bytes, seed=options.seed)
-            batches = self._current(product_id, generation, runner.embed_batches(fitted))
-            head = H.fit_head_batches(batches, len(fitted), runner.dim, config,
-                                      runner.image_size, runner.grid)
-            normal = [images[i] for i in held] or fitted  # the student's rule, too
-            H.calibrate_head(head, runner.embed_sources(normal))
-            head.meta["captures"] = len(images)
-            size = head.save(self.head_path(product_id))
-            self._publish(product_id, head, size, time.perf_counter() - started)
-            self._last_use = time.monotonic()
-            trim_heap()  # the fit's embeddings and float64 sums go back to the OS
-            log.info("head for product %d ready: %d bytes, %.1f s", product_id, size,
-                     time.perf_counter() - started)
+            with self._runner_lock:
+                graph = self._ensure_graph()
+            request = {"graph": str(graph), "out": str(self.head_path(product_id)),
+                       "image_size": options.image_size, "threads": options.threads,
+                       "config": {"kind": options.kind, "covariance": options.covariance,
+                                  "max_bytes": options.max_bytes, "seed": options.seed},
+                       "train": [str(images[i]) for i in train],
+                       "held": [str(images[i]) for i in held], "captures": len(images)}
+            self._run_child(request, lambda: self._generation.get(product_id) != generation)
+            path = self.head_path(product_id)
+            self._publish(product_id, H.Head.load(path), path.stat().st_size,
+                          time.perf_counter() - started)
+            log.info("head for product %d ready: %d bytes, %.1f s", product_id,
+                     path.stat().st_size, time.perf_counter() - started)
         except _Superseded:
             log.info("head fit for product %d superseded by newer captures", product_id)
         except Exception as exc:  # noqa: BLE001 - reported in /status, the daemon serves on
             log.exception("head fit for product %d", product_id)
             self._set(product_id, status="failed", error=f"{type(exc).__name__}: {exc}")
         return self.state(product_id)
+
+    def _run_child(self, request: dict, superseded: Callable[[], bool]) -> None:
+        """workers/fit_head.py on ``request``; killed when a newer fit of the product is
+        queued (that one sees every capture this one sees) or the service shuts down."""
+        child = subprocess.Popen(
+            [sys.executable, "-m", "edge_runtime.workers.fit_head"], stdin=subprocess.PIPE,
+            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+        payload: str | None = json.dumps(request)
+        deadline = time.monotonic() + FIT_TIMEOUT
+        while True:
+            try:
+                _, errors = child.communicate(payload, timeout=0.2)
+                break
+            except subprocess.TimeoutExpired:
+                payload = None  # sent with the first call
+                ended = superseded() or self._closing.is_set()
+                if ended or time.monotonic() > deadline:
+                    child.kill()
+                    child.communicate()
+                    if ended:
+                        raise _Superseded from None
+                    raise RuntimeError(f"the head fit took over {FIT_TIMEOUT:.0f} s") from None
+        if child.returncode:
+            raise RuntimeError(f"the head could not be fitted: "
+                               f"{_last_line(errors, child.returncode)}")
 
     def _publish(self, product_id: int, head: H.Head, size: int,
                  seconds: float | None) -> None:

@@ -20,7 +20,7 @@ from edge_runtime.atomic import atomic_write_bytes
 from edge_runtime.inference import model_dir as md
 from edge_runtime.inference.inferencer import AnomalyInferencer
 from edge_runtime.inference.thresholds import Thresholds
-from edge_runtime.memory import trim_heap
+from edge_runtime.memory import release_library_pages, trim_heap
 from edge_runtime.services.errors import NotFoundError
 
 log = logging.getLogger("edge_runtime.models")
@@ -124,6 +124,7 @@ class ModelRegistry:
             self._live = live
         self._prune(live.version)
         trim_heap()  # the replaced session's memory goes back to the OS
+        release_library_pages()
 
     def _prune(self, current: str) -> None:
         """Keep the newest ``keep_versions`` directories (and always the live one)."""
