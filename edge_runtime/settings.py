@@ -74,8 +74,8 @@ class TrainingSettings:
     max_images: int = 200
     threads: int = 1  # torch threads of the worker: leave a core for inspections
     seed: int = 0
-    # recompute student blocks in backward (-170 MB peak, ~25% slower steps) and hold the
-    # teacher's targets in fp16 (-36 MB)
+    # recompute student blocks in backward (-170 MB peak, ~25% slower steps) and run the
+    # teacher each step instead of holding its outputs (same epoch time, ~40 MB less)
     low_memory: bool = True
     # the worker's malloc: tcmalloc (libtcmalloc-minimal4) keeps ~100 MB less of a step's
     # freed activations than glibc's, at the same speed; "system": glibc's

@@ -86,10 +86,13 @@ class ContinualTrainer:
     budget_bytes: int | None = None  # bytes shared by all products (the operator's setting)
     selection: str = "random"  # replay/selection.py
     # the teacher's outputs held per image (loop.TeacherTargets): PaSTe's are smaller than
-    # a step's activations; STFPM's (from the raw image on) are not, so it recomputes them
+    # a step's activations; STFPM's (from the raw image on) are not, so it recomputes them.
+    # None: PaSTe caches them unless low_memory
     cache_targets: bool | None = None
-    # loop.StudentTrainer's checkpoint (-170 MB peak, ~25% slower steps) and half_targets
-    # (fp16 teacher targets: -36 MB for 300 samples), as the daemon's training.low_memory
+    # the daemon's training.low_memory: blocks recomputed in backward (loop.StudentTrainer's
+    # checkpoint: -170 MB peak, ~25% slower steps) and the teacher run each step instead of
+    # its outputs held (~73 MB for 300 samples): with recomputed blocks a step's time is the
+    # student's, and the epoch takes the same time (benchmarks/memory.py, "daemon" row)
     low_memory: bool = False
     channels_last: bool = True  # loop.StudentTrainer: the student in NHWC (faster steps)
     store: ReplayStore | None = field(init=False, default=None)
@@ -149,11 +152,10 @@ class ContinualTrainer:
         else:
             train, val = task.features[task.train_index], task.features[task.val_index]
         replay = self._replay_source() if self.strategy == "replay" else None
-        cache = self.bundle.spec.mode == "paste" if self.cache_targets is None \
-            else self.cache_targets
+        cache = self.bundle.spec.mode == "paste" and not self.low_memory \
+            if self.cache_targets is None else self.cache_targets
         trainer = StudentTrainer(self.bundle.teacher, self.bundle.student, self.config, cache,
-                                 channels_last=self.channels_last, checkpoint=self.low_memory,
-                                 half_targets=self.low_memory)
+                                 channels_last=self.channels_last, checkpoint=self.low_memory)
         result = trainer.fit(train, val, replay, on_progress, should_stop)
         if self.store is not None:
             self.store.add(task.product, self._store_samples(task))

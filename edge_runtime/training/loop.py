@@ -130,18 +130,16 @@ class TeacherTargets:
     The teacher never changes and neither do cached trunk features (nor decoded replay
     samples), so every step would recompute the same tensors: holding them costs less RAM
     than one step's activations and saves the teacher's forward pass (about a quarter of a
-    step's MACs). Filled in place (a concatenation would hold them twice at the start of
-    training); ``dtype=torch.float16`` halves them (~36 MB for 300 samples), each batch
-    widened back to float32 (rounding 5e-4 relative, below what training resolves)."""
+    step's MACs). Filled in place: a concatenation would hold them twice at the start of
+    training."""
 
-    def __init__(self, teacher: Tail, features: np.ndarray, batch_size: int = 16,
-                 dtype: torch.dtype = torch.float32) -> None:
+    def __init__(self, teacher: Tail, features: np.ndarray, batch_size: int = 16) -> None:
         self.layers: list[torch.Tensor] = []
         with torch.no_grad():
             for start in range(0, len(features), batch_size):
                 outputs = self._forward(teacher, features[start : start + batch_size])
                 if not self.layers:
-                    self.layers = [torch.empty((len(features), *o.shape[1:]), dtype=dtype)
+                    self.layers = [torch.empty((len(features), *o.shape[1:]))
                                    for o in outputs]
                 for layer, output in zip(self.layers, outputs, strict=True):
                     layer[start : start + len(output)] = output
@@ -152,7 +150,7 @@ class TeacherTargets:
 
     def take(self, index: np.ndarray) -> list[torch.Tensor]:
         rows = torch.from_numpy(np.asarray(index, dtype=np.int64))
-        return [layer.index_select(0, rows).float() for layer in self.layers]
+        return [layer.index_select(0, rows) for layer in self.layers]
 
 
 def _concat_targets(a: list[torch.Tensor], b: list[torch.Tensor]) -> list[torch.Tensor]:
@@ -221,7 +219,8 @@ class StudentTrainer:
     """Trains ``student`` to mimic the frozen ``teacher`` on trunk features.
 
     ``cache_targets`` (default) computes the teacher's outputs once per training image and
-    per replayed sample; False recomputes them every step (the reference, for benchmarks).
+    per replayed sample; False recomputes them every step (the reference; and with
+    ``checkpoint``, the daemon's low-memory mode: as fast, without holding them).
     ``channels_last`` (default) trains the student in NHWC: the convolution backward, two
     thirds of an NCHW step, is the depthwise kernels', which oneDNN runs far faster in
     NHWC (2-2.6x per epoch on x86). Losses equal NCHW's to ~1e-5 per step; rounding drifts
@@ -230,13 +229,12 @@ class StudentTrainer:
 
     def __init__(self, teacher: Tail, student: Tail, config: TrainConfig,
                  cache_targets: bool = True, channels_last: bool = True,
-                 checkpoint: bool = False, half_targets: bool = False) -> None:
+                 checkpoint: bool = False) -> None:
         self.teacher = teacher.eval()
         self.student = student
         self.config = config
         self.cache_targets = cache_targets
         self.checkpoint = checkpoint
-        self.target_dtype = torch.float16 if half_targets else torch.float32
         self.memory_format = torch.channels_last if channels_last else torch.contiguous_format
         self.optimizer = MomentumSGD(student.parameters(), config.momentum, config.weight_decay)
 
@@ -293,10 +291,10 @@ class StudentTrainer:
                     batch = np.concatenate([batch, replay.decode(picks)])
                 return torch.from_numpy(np.ascontiguousarray(batch)), None
             return recomputed
-        targets = TeacherTargets(self.teacher, features, dtype=self.target_dtype)
+        targets = TeacherTargets(self.teacher, features)
         if replay is not None:
             replayed = np.ascontiguousarray(replay.decode_all())
-            replay_targets = TeacherTargets(self.teacher, replayed, dtype=self.target_dtype)
+            replay_targets = TeacherTargets(self.teacher, replayed)
 
         def cached(index, picks):
             batch, target = features[index], targets.take(index)
@@ -328,7 +326,7 @@ class StudentTrainer:
         use_replay = replay is not None and len(replay) > 0 and cfg.replay_batch_size > 0
         next_batch = self._batches(features, replay if use_replay else None)
         has_val = val_features is not None and len(val_features) > 0
-        val_targets = TeacherTargets(self.teacher, val_features, dtype=self.target_dtype) \
+        val_targets = TeacherTargets(self.teacher, val_features) \
             if has_val and self.cache_targets else None
         for epoch in range(1, epochs + 1):
             self.student.train()
