@@ -88,6 +88,13 @@ def release_library_pages() -> int:
     return accepted
 
 
+def settle() -> None:
+    """After a phase whose peak is over (a training phase, a model swap, start-up): its
+    freed heap and the code pages it ran once go back to the OS."""
+    trim_heap()
+    release_library_pages()
+
+
 @functools.cache
 def _tcmalloc_release() -> Callable[[], None] | None:
     try:

@@ -34,7 +34,7 @@ from edge_runtime.camera import CameraError, CameraNotConfiguredError
 from edge_runtime.events.daemon import start_event_sinks, stop_event_sinks
 from edge_runtime.inference.model_dir import ModelDirError
 from edge_runtime.inference.preprocess import ImageError, ImageTooLargeError
-from edge_runtime.memory import release_library_pages
+from edge_runtime.memory import settle
 from edge_runtime.services.errors import (
     ConflictError,
     GoneError,
@@ -121,7 +121,7 @@ def create_app(settings: Settings, runtime: Runtime | None = None,
         runtime.jobs.start_monitor()
         sinks = start_event_sinks(runtime)  # before the line: its verdicts are events
         runtime.line.start()
-        release_library_pages()  # import-time code of ORT, numpy, pydantic: run once
+        settle()  # start-up done: import-time code (ORT, numpy, pydantic) ran once
         live = runtime.models.live
         notifier.ready(live.version if live else None)
         watchdog = asyncio.create_task(notifier.watchdog())

@@ -185,10 +185,9 @@ class HeadService:
                        "held": [str(images[i]) for i in held], "captures": len(images)}
             self._run_child(request, lambda: self._generation.get(product_id) != generation)
             path = self.head_path(product_id)
-            self._publish(product_id, H.Head.load(path), path.stat().st_size,
-                          time.perf_counter() - started)
-            log.info("head for product %d ready: %d bytes, %.1f s", product_id,
-                     path.stat().st_size, time.perf_counter() - started)
+            size, seconds = path.stat().st_size, time.perf_counter() - started
+            self._publish(product_id, H.Head.load(path), size, seconds)
+            log.info("head for product %d ready: %d bytes, %.1f s", product_id, size, seconds)
         except _Superseded:
             log.info("head fit for product %d superseded by newer captures", product_id)
         except Exception as exc:  # noqa: BLE001 - reported in /status, the daemon serves on
@@ -201,7 +200,7 @@ class HeadService:
         queued (that one sees every capture this one sees) or the service shuts down."""
         child = subprocess.Popen(
             [sys.executable, "-m", "edge_runtime.workers.fit_head"], stdin=subprocess.PIPE,
-            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+            stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
         payload: str | None = json.dumps(request)
         deadline = time.monotonic() + FIT_TIMEOUT
         while True:

@@ -20,7 +20,7 @@ from edge_runtime.atomic import atomic_write_bytes
 from edge_runtime.inference import model_dir as md
 from edge_runtime.inference.inferencer import AnomalyInferencer
 from edge_runtime.inference.thresholds import Thresholds
-from edge_runtime.memory import release_library_pages, trim_heap
+from edge_runtime.memory import settle
 from edge_runtime.services.errors import NotFoundError
 
 log = logging.getLogger("edge_runtime.models")
@@ -97,6 +97,7 @@ class ModelRegistry:
         """Verify, switch CURRENT atomically, then swap the session in memory."""
         live = self._load(name)
         self._publish(live)
+        settle()  # the replaced session's memory and its code pages go back to the OS
         return live
 
     def promote_existing(self, name: str) -> LiveModel:
@@ -123,8 +124,6 @@ class ModelRegistry:
             atomic_write_bytes(self.root / md.CURRENT, live.version.encode())
             self._live = live
         self._prune(live.version)
-        trim_heap()  # the replaced session's memory goes back to the OS
-        release_library_pages()
 
     def _prune(self, current: str) -> None:
         """Keep the newest ``keep_versions`` directories (and always the live one)."""

@@ -4,7 +4,8 @@ In the API process a fit of 200 captures left ~20 MB behind for good (its embedd
 float64 sums and LAPACK buffers fragment the heap; trimming gave back ~1 MB), which is a
 sixth of what the API may use on a 1 GB board. Here they leave with the process. numpy +
 ORT only, like the API. The request comes as one JSON object on stdin (the capture lists
-can be long); the head is written atomically to ``out`` and its size printed as JSON.
+can be long); the head is written atomically to ``out``; a failure's reason is the last
+line of stderr.
 """
 
 from __future__ import annotations
@@ -13,7 +14,7 @@ import json
 import sys
 
 
-def fit(request: dict) -> int:
+def fit(request: dict) -> None:
     from edge_runtime.inference import heads as H
 
     runner = H.FeatureRunner(request["graph"], request["image_size"], request["threads"],
@@ -24,15 +25,14 @@ def fit(request: dict) -> int:
                               runner.image_size, runner.grid)
     H.calibrate_head(head, runner.embed_sources(held or train))  # the student's rule, too
     head.meta["captures"] = request["captures"]
-    return head.save(request["out"])
+    head.save(request["out"])
 
 
 def main() -> int:
     from edge_runtime.workers.lifetime import set_parent_death_signal
 
     set_parent_death_signal()
-    size = fit(json.load(sys.stdin))
-    print(json.dumps({"bytes": size}), flush=True)
+    fit(json.load(sys.stdin))
     return 0
 
 

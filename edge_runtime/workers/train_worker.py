@@ -22,7 +22,7 @@ from edge_runtime.atomic import fsync_dir
 from edge_runtime.data_layout import REPLAY_DIR, DataLayout
 from edge_runtime.dataset import spread
 from edge_runtime.inference import model_dir as md
-from edge_runtime.memory import limit_malloc_arenas, release_library_pages, trim_heap
+from edge_runtime.memory import limit_malloc_arenas, settle, trim_heap
 from edge_runtime.replay.snapshot import snapshot_store
 from edge_runtime.settings import Settings
 from edge_runtime.storage import repositories as repo
@@ -198,8 +198,7 @@ def train(job: JobInput, settings: Settings, layout: DataLayout, reporter: JobRe
     def phase(name: str) -> None:
         """Between phases: the last one's freed memory and its code pages (torch's import,
         ORT's extraction) back to the OS."""
-        trim_heap()
-        release_library_pages()
+        settle()
         reporter.phase(name)
 
     def progress(p: Progress) -> None:
