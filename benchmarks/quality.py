@@ -7,10 +7,15 @@ calibrated on held-out normal images only.
 
 Two modes:
 - default: each recipe trains on all training images of the category and is scored on its
-  test split (report it once; never choose anything on it).
+  test split (report it once; never choose anything on it). ``--recipes`` names any rows.
 - ``--ablation``: the levers one at a time and combined, on a VALIDATION split carved from
   the training images plus synthetic (CutPaste-style) anomalies made from it; the recipe
   sees only the remaining training images. This is where choices are made.
+
+Rows beyond the two recipes (``ablation_recipes``): each lever of the new recipe alone;
+other feature layers within the MAC budget (``layers_*``: the split moves, so the trunk
+features are cached apart); and the student's map times a per-product PaDiM prior on the
+frozen teacher's features (``new_prior*``, ``prior_student_*``: see NormalityPrior).
 
 - ``--daemon``: what the operator sees, through a real daemon on its embedded defaults (one
   per recipe and category: ``training.recipe`` = paper or new): ``--max-train-images``
@@ -49,6 +54,8 @@ class Recipe:
     map: str = "paper"  # ModelSpec.paste(recipe=map)
     calibration: str = "paper"  # "paper" or "frr" (CalibrationPolicy defaults)
     train_overrides: tuple = ()
+    geometry: tuple = ()  # (split, feature_layers, image_size); () = ModelSpec.paste()
+    prior: str = ""  # "" or a PaDiM covariance: the student map x a per-product prior
 
     def config(self, seed: int):
         from edge_runtime.training.loop import TrainConfig
@@ -58,7 +65,11 @@ class Recipe:
     def spec(self):
         from edge_runtime.model.torch_model import ModelSpec
 
-        return ModelSpec.paste(recipe=self.map)
+        spec = ModelSpec.paste(recipe=self.map)
+        if self.geometry:
+            split, layers, size = self.geometry
+            spec = replace(spec, split=split, feature_layers=tuple(layers), image_size=size)
+        return spec
 
     def policy(self):
         from edge_runtime.inference.thresholds import PAPER_POLICY, CalibrationPolicy
@@ -80,15 +91,19 @@ def image_split(count: int, seed: int, fraction: float = 0.15, cap: int = 40):
     return np.sort(order[held:]), np.sort(order[:held])
 
 
-def synthetic_anomaly(rgb, rng):
+def synthetic_anomaly(rgb, rng, structural: float = 0.0):
     """A CutPaste-style defect: a patch (or thin scar) of the same image, slightly
     recoloured and partly blended, pasted elsewhere; returns (image, mask).
 
     Kept subtle on purpose (small, mild jitter, partial opacity): obvious pastes saturate
-    every variant at AUROC 1.0 and cannot rank them.
+    every variant at AUROC 1.0 and cannot rank them. With probability ``structural`` the
+    defect is a misplaced part instead (see misplaced_part): local pastes alone reward fine,
+    shallow features and cannot see what a layer's context is worth.
     """
     import numpy as np
 
+    if structural and rng.random() < structural:
+        return misplaced_part(rgb, rng)
     size = rgb.shape[0]
     out, mask = rgb.astype(np.float32).copy(), np.zeros(rgb.shape[:2], bool)
     if rng.random() < 0.5:  # patch
@@ -108,6 +123,24 @@ def synthetic_anomaly(rgb, rng):
     out[ty : ty + h, tx : tx + w] = alpha * patch + (1 - alpha) * out[ty : ty + h, tx : tx + w]
     mask[ty : ty + h, tx : tx + w] = True
     return np.clip(out, 0, 255).astype(np.uint8), mask
+
+
+def misplaced_part(rgb, rng):
+    """A large square region (3-8% of the image) moved elsewhere and turned (90/180/270
+    degrees or mirrored), at full opacity: every pixel is a normal texture, only where it
+    sits and how it is oriented are wrong, like a misplaced or rotated component."""
+    import numpy as np
+
+    size = rgb.shape[0]
+    side = int(size * math.sqrt(rng.uniform(0.03, 0.08)))
+    out, mask = rgb.copy(), np.zeros(rgb.shape[:2], bool)
+    sy, sx, ty, tx = rng.integers(size // 16, size - side - size // 16, 4)
+    patch = rgb[sy : sy + side, sx : sx + side]
+    turn = int(rng.integers(0, 4))
+    patch = np.rot90(patch, turn) if turn else patch[:, ::-1]
+    out[ty : ty + side, tx : tx + side] = patch
+    mask[ty : ty + side, tx : tx + side] = True
+    return out, mask
 
 
 class FeatureCache:
@@ -179,18 +212,87 @@ def maps_and_scores(model, features, batch: int = 16):
     return np.concatenate(maps), np.concatenate(scores)
 
 
+class NormalityPrior:
+    """The student's map times a per-product PaDiM map on the frozen teacher's patch
+    embeddings (the memory-bank head's, inference/heads.py), as a geometric mean of the two,
+    each divided by its held-out normals' 99th-percentile pixel. The teacher features are
+    already computed by the merged graph; the prior adds its aggregation, projection and
+    whitening (``macs``; ``teacher_macs``: the teacher tail up to layer 14, which one graph
+    runs once for both). A benchmark lever: not (yet) what the daemon serves."""
+
+    def __init__(self, train_feats, hold_feats, hold_maps, covariance: str, spec) -> None:
+        import numpy as np
+
+        from edge_runtime.inference.heads import HeadConfig, fit_head
+        from edge_runtime.model.macs import inference_macs
+        from edge_runtime.model.onnx_export import PatchEmbedding
+        from edge_runtime.model.torch_model import ModelSpec, Trunk, build_parts
+
+        heads_spec = ModelSpec.paste()  # the heads' layers 6/10/14, whatever the student taps
+        if spec.split != heads_spec.split:
+            raise ValueError("the prior reads the trunk features of the papers' split")
+        trunk, teacher, _ = build_parts(heads_spec)
+        self.teacher_macs = inference_macs(heads_spec, trunk, teacher, teacher)["teacher_tail"]
+        self.embedding = PatchEmbedding(Trunk([]), teacher).eval()
+        self.spec = spec
+        embeddings = self.embed(train_feats)
+        self.grid = int(round(math.sqrt(embeddings.shape[1])))
+        self.head = fit_head(embeddings, HeadConfig(covariance=covariance), spec.image_size,
+                             self.grid)
+        self.student_ref = float(np.quantile(hold_maps, 0.99))
+        self.prior_ref = float(np.quantile(self.head.maps(self.embed(hold_feats))[0], 0.99))
+        dim_in, dim = embeddings.shape[-1], int(self.head.meta["dim"])
+        self.macs = self._macs(train_feats[:1], dim_in, dim, covariance)
+
+    def embed(self, feats, batch: int = 16):
+        import numpy as np
+        import torch
+
+        out = []
+        with torch.no_grad():
+            for i in range(0, len(feats), batch):
+                patches = self.embedding(torch.from_numpy(feats[i : i + batch]))[-1]
+                out.append(patches.flatten(2).transpose(1, 2).numpy())
+        return np.concatenate(out)
+
+    def combine(self, student_maps, feats):
+        import numpy as np
+
+        prior_maps, _ = self.head.maps(self.embed(feats))
+        maps = np.sqrt(np.maximum(student_maps, 0) / self.student_ref
+                       * np.maximum(prior_maps, 0) / self.prior_ref).astype(np.float32)
+        flat = maps.reshape(len(maps), -1)
+        k = max(1, round(self.spec.score_topk * flat.shape[1])) if self.spec.score_topk else 1
+        return maps, np.sort(flat, axis=1)[:, -k:].mean(axis=1)
+
+    def _macs(self, one, dim_in: int, dim: int, covariance: str) -> int:
+        """3x3 pooling + bilinear resampling of each tapped layer, the projection, the
+        whitening, and the separable resize of the prior map to the 64x64 composition grid."""
+        import torch
+
+        with torch.no_grad():
+            layers = self.embedding.teacher(torch.from_numpy(one))
+        positions = self.grid * self.grid
+        pooling = sum(t.shape[1] * t.shape[2] * t.shape[3] * 9 for t in layers)
+        resample = sum(t.shape[1] * positions * 4 for t in layers if t.shape[-1] != self.grid)
+        whiten = positions * (dim * dim if covariance == "full" else dim)
+        side = self.spec.map_size or self.spec.image_size
+        resize = side * self.grid * self.grid + side * side * self.grid
+        return int(pooling + resample + positions * dim_in * dim + whiten + resize)
+
+
 _TRAINED: dict = {}
 
 
-def _trained(recipe: Recipe, feats, train_idx, hold_idx, seed: int):
-    """Train once per (data, schedule): variants that differ after training share it."""
-    from edge_runtime.model.torch_model import ModelSpec, build_parts
+def _trained(recipe: Recipe, spec, feats, train_idx, hold_idx, seed: int):
+    """Train once per (data, schedule, geometry): variants that differ after training share it."""
+    from edge_runtime.model.torch_model import build_parts
     from edge_runtime.training.loop import StudentTrainer
 
     config = recipe.config(seed)
-    key = (id(feats), len(feats), config)
+    key = (id(feats), len(feats), config, recipe.geometry)
     if key not in _TRAINED:
-        trunk, teacher, student = build_parts(ModelSpec.paste(), seed=seed)
+        trunk, teacher, student = build_parts(spec, seed=seed)
         result = StudentTrainer(teacher, student, config).fit(feats[train_idx],
                                                                feats[hold_idx])
         _TRAINED[key] = (trunk, teacher, student, result)
@@ -207,17 +309,24 @@ def run_recipe(recipe: Recipe, feats, eval_sets: list, seed: int):
 
     config = recipe.config(seed)
     train_idx, hold_idx = holdout_split(len(feats), config.val_fraction, seed)
-    trunk, teacher, student, result = _trained(recipe, feats, train_idx, hold_idx, seed)
     spec = recipe.spec()
+    trunk, teacher, student, result = _trained(recipe, spec, feats, train_idx, hold_idx, seed)
     model = PasteModel(spec, trunk, teacher, student).eval()
     hold_maps, hold_scores = maps_and_scores(model, feats[hold_idx])
+    parts = inference_macs(spec, trunk, teacher, student)
+    macs, prior = parts["total"], None
+    if recipe.prior:
+        prior = NormalityPrior(feats[train_idx], feats[hold_idx], hold_maps, recipe.prior, spec)
+        hold_maps, hold_scores = prior.combine(hold_maps, feats[hold_idx])
+        macs += prior.macs + max(0, prior.teacher_macs - parts["teacher_tail"])
     thresholds = calibrate(hold_maps, hold_scores, recipe.policy())
-    macs = inference_macs(spec, trunk, teacher, student)["total"]
     steps = result.epochs_run * -(-len(train_idx) // config.batch_size)
     epochs = f"{result.epochs_run}/{config.planned_epochs(len(train_idx))}"
     rows = []
     for feats_eval, masks, labels, fast in eval_sets:
         maps, scores = maps_and_scores(model, feats_eval)
+        if prior is not None:
+            maps, scores = prior.combine(maps, feats_eval)
         row = score_maps(maps, scores, masks, labels, thresholds.image, fast)
         row |= {"train_seconds": round(result.seconds, 1), "inference_macs": macs,
                 "threshold_method": thresholds.method, "holdout_normals": int(len(hold_idx)),
@@ -242,27 +351,42 @@ def test_set(cache: FeatureCache, data: Path, category: str, size: int, limit):
     return feats, masks, labels
 
 
-def validation_set(cache: FeatureCache, images: list, size: int, seed: int):
+def validation_set(cache: FeatureCache, images: list, size: int, seed: int,
+                   structural: float = 0.0):
     """Held-out normals + one synthetic anomaly made from each of them."""
     import numpy as np
 
     from edge_runtime.inference.preprocess import load_rgb, normalise
 
     normal = cache.images(images)
-    rng = np.random.default_rng(seed)
+    key = f"{seed}|{structural}|" + "|".join(map(str, images))
+    masks_path = cache._path("mask3|" + key)
 
     def make():
-        made = [synthetic_anomaly(load_rgb(p, size), rng) for p in images]
-        np.save(cache._path("mask2|" + "|".join(map(str, images))), np.stack([m for _, m in made]))
+        rng = np.random.default_rng(seed)  # the same defects however often it is called
+        made = [synthetic_anomaly(load_rgb(p, size), rng, structural) for p in images]
+        np.save(masks_path, np.stack([m for _, m in made]))
         return np.stack([normalise(img) for img, _ in made])
 
-    anomalous = cache.arrays("synth2|" + "|".join(map(str, images)), make)
-    masks_path = cache._path("mask2|" + "|".join(map(str, images)))
+    anomalous = cache.arrays("synth3|" + key, make)
     if not masks_path.exists():
         make()
     masks = np.concatenate([np.zeros((len(images), size, size), bool), np.load(masks_path)])
     labels = np.r_[np.zeros(len(images), bool), np.ones(len(images), bool)]
     return np.concatenate([normal, anomalous]), masks, labels
+
+
+def evaluation_data(args: argparse.Namespace, cache: FeatureCache, category: str,
+                    images: list, size: int) -> tuple:
+    """(training features, evaluation sets): the test split, or for ``--ablation`` the
+    recipe's part of the training images and the validation set made from the rest."""
+    if args.ablation:
+        rec_idx, val_idx = image_split(len(images), args.seed)
+        validation = validation_set(cache, [images[i] for i in val_idx], size, args.seed,
+                                    args.structural)
+        return cache.images([images[i] for i in rec_idx]), [(*validation, True)]
+    test = test_set(cache, args.data, category, size, args.max_test_images)
+    return cache.images(images), [(*test, False)]
 
 
 # ---------------------------------------------------------------- ablation variants
@@ -275,6 +399,17 @@ def ablation_recipes(target_steps: int | None) -> list[Recipe]:
         Recipe("map", map="new"),
         Recipe("calibration", calibration="frr"),
         replace(NEW, train_overrides=steps),
+        # Finer feature maps within the MAC budget (64x64 first tap; trunk output 2.7x bigger)
+        replace(NEW, name="layers_4_6_10", train_overrides=steps, geometry=(4, (4, 6, 10), 256)),
+        replace(NEW, name="layers_5_8_12", train_overrides=steps, geometry=(5, (5, 8, 12), 256)),
+        # The student's map x a per-product PaDiM prior on the teacher's features
+        replace(NEW, name="new_prior", train_overrides=steps, prior="full"),
+        replace(NEW, name="new_prior_diag", train_overrides=steps, prior="diagonal"),
+        # ... paid for by a shorter student (the teacher still runs to 14 for the prior)
+        replace(NEW, name="prior_student_6_8_10", train_overrides=steps, prior="full",
+                geometry=(6, (6, 8, 10), 256)),
+        replace(NEW, name="prior_student_6_10_12", train_overrides=steps, prior="full",
+                geometry=(6, (6, 10, 12), 256)),
     ]
 
 
@@ -353,6 +488,9 @@ def main() -> None:
     parser.add_argument("--max-test-images", type=int, default=None, help="per defect kind")
     parser.add_argument("--cache", type=Path,
                         default=Path(os.environ.get("TMPDIR", "/tmp")) / "edge-runtime-quality")
+    parser.add_argument("--structural", type=float, default=0.5,
+                        help="--ablation: fraction of synthetic defects that are misplaced "
+                             "parts rather than subtle pastes (0: pastes only)")
     parser.add_argument("--target-steps", type=int, default=None,
                         help="override the new schedule's planned steps")
     parser.add_argument("--save-scores", type=Path, default=None,
@@ -385,35 +523,39 @@ def main() -> None:
         args.max_train_images = args.max_train_images or 40
         args.max_test_images = args.max_test_images or 4
     categories = args.categories or list_categories(args.data)
-    spec = ModelSpec.paste()
-    size = spec.image_size
-    cache = FeatureCache(args.cache, ModelBundle(spec, seed=args.seed, threads=args.threads))
-    if args.ablation:
-        recipes = ablation_recipes(args.target_steps or (150 if args.quick else None))
-        if args.recipes:
-            recipes = [r for r in recipes if r.name in args.recipes]
-    else:
-        steps = args.target_steps or (150 if args.quick else None)
-        recipes = [PAPER, replace(NEW, train_overrides=(("target_steps", steps),) if steps
-                                  else ())]
-        if args.recipes:
-            recipes = [r for r in recipes if r.name in args.recipes]
+    engines: dict = {}
+
+    def cache_for(recipe: Recipe) -> FeatureCache:
+        """Trunk features differ per geometry: one engine and cache directory each."""
+        spec = recipe.spec()
+        key = (spec.split, spec.image_size)
+        if key not in engines:
+            default = ModelSpec.paste()
+            tag = "" if key == (default.split, default.image_size) else "s{}_{}".format(*key)
+            engines[key] = FeatureCache(args.cache / tag if tag else args.cache,
+                                        ModelBundle(spec, seed=args.seed, threads=args.threads))
+        return engines[key]
+
+    named = {r.name: r for r in ablation_recipes(args.target_steps or
+                                                 (150 if args.quick else None))}
+    unknown = set(args.recipes or ()) - set(named)
+    if unknown:
+        raise SystemExit(f"unknown --recipes {sorted(unknown)}; rows: {', '.join(named)}")
+    # the test split: papers' and new recipe unless rows are named; ablation: every row
+    default = list(named) if args.ablation else ["paper", "new"]
+    recipes = [named[name] for name in args.recipes or default]
     out: dict = {r.name: {} for r in recipes}
     extra: dict = {r.name: {} for r in recipes}
     for category in categories:
         images = train_images(args.data, category, args.max_train_images)
-        if args.ablation:
-            rec_idx, val_idx = image_split(len(images), args.seed)
-            feats = cache.images([images[i] for i in rec_idx])
-            eval_sets = [(*validation_set(cache, [images[i] for i in val_idx], size,
-                                          args.seed), True)]
-        else:
-            feats = cache.images(images)
-            eval_sets = [(*test_set(cache, args.data, category, size, args.max_test_images),
-                          False)]
         _TRAINED.clear()
+        loaded: dict = {}  # one array per geometry, so rows that train alike share it
         for recipe in tqdm(recipes, desc=category, unit="recipe"):
-            rows = run_recipe(recipe, feats, eval_sets, args.seed)
+            cache = cache_for(recipe)
+            if cache not in loaded:
+                loaded[cache] = evaluation_data(args, cache, category, images,
+                                                recipe.spec().image_size)
+            rows = run_recipe(recipe, *loaded[cache], args.seed)
             out[recipe.name][category] = {k: rows[0][k] for k in KEYS}
             extra[recipe.name][category] = {k: rows[0][k] for k in rows[0] if k not in KEYS}
             scores = extra[recipe.name][category].pop("scores")

@@ -43,17 +43,17 @@ def export_features(
     target: str | os.PathLike[str],
 ) -> list[str]:
     """Trunk + frozen teacher tail: one output per tapped layer (``layer6``, ...) and
-    ``patches``, the memory-bank heads' patch embeddings (see _Features).
+    ``patches``, the memory-bank heads' patch embeddings (see PatchEmbedding).
 
     Nothing in it is trained, so a head can serve a product from this graph before any
     student exists. Returns the output names."""
     outputs = [f"layer{layer}" for layer in feature_layers] + ["patches"]
     example = torch.zeros(1, 3, image_size, image_size)
-    _export(_Features(trunk, teacher), example, target, ["image"], outputs)
+    _export(PatchEmbedding(trunk, teacher), example, target, ["image"], outputs)
     return outputs
 
 
-class _Features(nn.Module):
+class PatchEmbedding(nn.Module):
     """Each tapped layer averaged over 3x3 neighbourhoods (PatchCore's local aggregation),
     resampled to the first layer's grid, L2-normalised per layer so that no layer's scale
     dominates a distance, and concatenated: (N, sum of channels, grid, grid). Done here, in

@@ -1,0 +1,29 @@
+import json
+import subprocess
+import sys
+from pathlib import Path
+
+REPO = Path(__file__).resolve().parents[1]
+KEYS = {"pixel_auroc", "image_auroc", "aupro", "pixel_f1", "operational_image_f1",
+        "false_reject_rate", "train_seconds", "inference_macs"}
+
+
+def test_quality_rows_for_the_prior_and_its_mac_budget(tmp_path, data_root):
+    """The prior rows run end to end on a tiny subset; the shorter student pays for it."""
+    cmd = [sys.executable, str(REPO / "benchmarks" / "quality.py"), "--quick",
+           "--data", str(data_root), "--categories", "bottle",
+           "--recipes", "new", "new_prior", "prior_student_6_10_12",
+           "--max-train-images", "12", "--max-test-images", "1", "--target-steps", "6",
+           "--cache", str(tmp_path / "cache")]
+    done = subprocess.run(cmd, capture_output=True, text=True, check=True)
+    out = json.loads(done.stdout.strip().splitlines()[-1])
+    assert set(out) == {"new", "new_prior", "prior_student_6_10_12"}
+    rows = {name: per["bottle"] for name, per in out.items()}
+    for row in rows.values():
+        assert set(row) == KEYS
+        assert 0.0 <= row["pixel_auroc"] <= 1.0 and 0.0 <= row["false_reject_rate"] <= 1.0
+    new = rows["new"]["inference_macs"]
+    # the prior alone costs MACs (projection + whitening); with the student cut at
+    # layer 12 the graph is cheaper than the new recipe's, teacher still to layer 14
+    assert rows["new_prior"]["inference_macs"] > new
+    assert rows["prior_student_6_10_12"]["inference_macs"] < new
