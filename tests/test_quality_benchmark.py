@@ -27,3 +27,19 @@ def test_quality_rows_for_the_prior_and_its_mac_budget(tmp_path, data_root):
     # layer 12 the graph is cheaper than the new recipe's, teacher still to layer 14
     assert rows["new_prior"]["inference_macs"] > new
     assert rows["prior_student_6_10_12"]["inference_macs"] < new
+
+
+def test_prior_beside_a_trained_student_reports_each_map(tmp_path, data_root, bottle_model):
+    """prior_continual.py on a real model directory: three pixel F1s per product, and the
+    prior's path (features graph + PaDiM scoring) costs fewer MACs than the student graph."""
+    cmd = [sys.executable, str(REPO / "benchmarks" / "prior_continual.py"), str(bottle_model),
+           "--data", str(data_root), "--categories", "bottle", "--max-train-images", "16",
+           "--quick", "--max-test-images", "1"]
+    done = subprocess.run(cmd, capture_output=True, text=True, check=True)
+    out = json.loads(done.stdout.strip().splitlines()[-1])
+    row = out["per_task"]["bottle"]
+    assert set(row) == {"student", "prior", "combined"}
+    assert all(0.0 < value <= 1.0 for value in row.values())
+    assert out["mean_pixel_f1"] == row
+    macs = out["macs"]
+    assert 0 < macs["features_graph_and_prior"] < macs["student_graph"]

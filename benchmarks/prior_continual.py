@@ -1,0 +1,125 @@
+"""A per-product PaDiM prior beside a continual student: pixel F1 per task after the last one.
+
+Takes the final model of a continual run (``benchmarks/continual.py``: ``RUN.ckpt/model``)
+and, for each product, fits the memory-bank head's PaDiM (inference/heads.py) on the same
+training images (its held-out split excluded). The teacher is frozen, so a product's
+Gaussians never change when later products are learned: the prior cannot forget. Three
+maps per test image: the student's, the prior's alone, and the two combined as in
+``quality.py``'s NormalityPrior (geometric mean, each over its held-out normals' 99th
+percentile pixel). Pixel F1 is the max over thresholds, as in the continual table.
+
+    .venv/bin/python benchmarks/continual.py --max-train-images 200 --models paste_new \
+        --strategies replay_uint8_channel
+    .venv/bin/python benchmarks/prior_continual.py \
+        runs/continual/runs/paste_new_replay_uint8_channel.ckpt/model
+
+Last line: ``{"per_task": {CATEGORY: {"student", "prior", "combined"}}, "mean_pixel_f1":
+{...}, "macs": {"student_graph", "features_graph_and_prior"}}``.
+"""
+
+from __future__ import annotations
+
+import argparse
+import tempfile
+from pathlib import Path
+
+import numpy as np
+from _common import SHARED, emit_json, print_table
+from onboarding import features_graph
+from tqdm import tqdm
+
+from edge_runtime.dataset import test_samples, train_images
+from edge_runtime.evaluation import metrics
+from edge_runtime.inference import model_dir as md
+from edge_runtime.inference.heads import FeatureRunner, HeadConfig, fit_head
+from edge_runtime.inference.inferencer import AnomalyInferencer
+from edge_runtime.inference.preprocess import load_mask, preprocess
+from edge_runtime.training.loop import TrainConfig, holdout_split
+
+ROWS = ("student", "prior", "combined")
+
+
+def student_maps(inferencer: AnomalyInferencer, paths: list, desc: str) -> np.ndarray:
+    maps = []
+    for start in tqdm(range(0, len(paths), 8), desc=desc, leave=False):
+        maps += [r.anomaly_map for r in inferencer.predict_many(paths[start : start + 8])]
+    return np.stack(maps)
+
+
+def embeddings(runner: FeatureRunner, paths: list, size: int, desc: str) -> np.ndarray:
+    return np.concatenate([
+        runner.embed(np.stack([preprocess(p, size) for p in paths[start : start + 8]]))
+        for start in tqdm(range(0, len(paths), 8), desc=desc, leave=False)])
+
+
+def one_product(category: str, args, inferencer, runner) -> dict[str, float]:
+    size = inferencer.image_size
+    images = train_images(args.data, category, args.max_train_images)
+    train_idx, hold_idx = holdout_split(len(images), args.val_fraction, args.seed)
+    train = embeddings(runner, [images[i] for i in train_idx], size, f"{category} fit")
+    head = fit_head(train, HeadConfig(), size, runner.grid)
+    hold = [images[i] for i in hold_idx]
+    student_ref = float(np.quantile(student_maps(inferencer, hold, "held-out"), 0.99))
+    prior_ref = float(np.quantile(head.maps(embeddings(runner, hold, size, "held-out"))[0],
+                                  0.99))
+    samples = test_samples(args.data, category, args.max_test_images)
+    paths = [s.image for s in samples]
+    masks = np.stack([load_mask(s.mask, size) for s in samples])
+    student = student_maps(inferencer, paths, f"{category} student")
+    prior = head.maps(embeddings(runner, paths, size, f"{category} prior"))[0]
+    combined = np.sqrt(np.maximum(student, 0) / student_ref * np.maximum(prior, 0) / prior_ref)
+    return {name: metrics.f1_max(masks, maps)
+            for name, maps in zip(ROWS, (student, prior, combined), strict=True)}
+
+
+def graph_macs(head_dim: int = 30) -> dict[str, int]:
+    """The student graph's MACs vs the features graph's plus the PaDiM scoring: 3x3 pooling
+    and resampling of the taps to the 32x32 grid, projection to ``head_dim`` (what fits the
+    head's 2 MB) and whitening per position, resize to the 64x64 map grid."""
+    import torch
+
+    from edge_runtime.model.macs import inference_macs
+    from edge_runtime.model.torch_model import ModelSpec, build_parts
+
+    spec = ModelSpec.paste()
+    trunk, teacher, student = build_parts(spec)
+    parts = inference_macs(spec, trunk, teacher, student)
+    with torch.no_grad():
+        taps = teacher(trunk(torch.zeros(1, 3, spec.image_size, spec.image_size)))
+    grid = taps[0].shape[-1]
+    positions, dim_in = grid * grid, sum(t.shape[1] for t in taps)
+    scoring = (sum(t[0].numel() * 9 for t in taps)
+               + sum(t.shape[1] * positions * 4 for t in taps if t.shape[-1] != grid)
+               + positions * (dim_in * head_dim + head_dim * head_dim)
+               + 64 * positions + 64 * 64 * grid)
+    return {"student_graph": parts["total"],
+            "features_graph_and_prior": parts["trunk"] + parts["teacher_tail"] + scoring}
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("model", type=Path, help="a continual run's final model directory")
+    parser.add_argument("--data", type=Path, default=SHARED / "data")
+    parser.add_argument("--categories", default="bottle,magnetic_tile,transistor")
+    parser.add_argument("--max-train-images", type=int, default=200)
+    parser.add_argument("--max-test-images", type=int, default=None, help="per defect kind")
+    parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--threads", type=int, default=2)
+    parser.add_argument("--quick", action="store_true", help="4 test images per defect kind")
+    args = parser.parse_args()
+    if args.quick:
+        args.max_test_images = args.max_test_images or 4
+    args.val_fraction = TrainConfig.for_recipe("new", seed=args.seed).val_fraction
+    inferencer = AnomalyInferencer(args.model / md.MERGED, 256, args.threads)
+    with tempfile.TemporaryDirectory() as tmp:
+        runner = FeatureRunner(features_graph(Path(tmp) / "features.onnx"), 256, args.threads)
+        per_task = {c: one_product(c, args, inferencer, runner)
+                    for c in tqdm(args.categories.split(","), desc="products")}
+    means = {row: float(np.mean([v[row] for v in per_task.values()])) for row in ROWS}
+    print_table(["product", *ROWS], [[c, *(round(v[r], 4) for r in ROWS)]
+                                     for c, v in [*per_task.items(), ("MEAN", means)]])
+    emit_json({"per_task": per_task, "mean_pixel_f1": means, "macs": graph_macs()})
+
+
+if __name__ == "__main__":
+    main()
