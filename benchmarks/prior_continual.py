@@ -26,12 +26,13 @@ from pathlib import Path
 import numpy as np
 from _common import SHARED, emit_json, print_table
 from onboarding import features_graph
+from quality import combine_maps, prior_scoring_macs
 from tqdm import tqdm
 
 from edge_runtime.dataset import test_samples, train_images
 from edge_runtime.evaluation import metrics
 from edge_runtime.inference import model_dir as md
-from edge_runtime.inference.heads import FeatureRunner, HeadConfig, fit_head
+from edge_runtime.inference.heads import FeatureRunner, HeadConfig, fit_head, padim_dim
 from edge_runtime.inference.inferencer import AnomalyInferencer
 from edge_runtime.inference.preprocess import load_mask, preprocess
 from edge_runtime.training.loop import TrainConfig, holdout_split
@@ -67,15 +68,14 @@ def one_product(category: str, args, inferencer, runner) -> dict[str, float]:
     masks = np.stack([load_mask(s.mask, size) for s in samples])
     student = student_maps(inferencer, paths, f"{category} student")
     prior = head.maps(embeddings(runner, paths, size, f"{category} prior"))[0]
-    combined = np.sqrt(np.maximum(student, 0) / student_ref * np.maximum(prior, 0) / prior_ref)
+    combined = combine_maps(student, prior, student_ref, prior_ref)
     return {name: metrics.f1_max(masks, maps)
             for name, maps in zip(ROWS, (student, prior, combined), strict=True)}
 
 
-def graph_macs(head_dim: int = 30) -> dict[str, int]:
-    """The student graph's MACs vs the features graph's plus the PaDiM scoring: 3x3 pooling
-    and resampling of the taps to the 32x32 grid, projection to ``head_dim`` (what fits the
-    head's 2 MB) and whitening per position, resize to the 64x64 map grid."""
+def graph_macs() -> dict[str, int]:
+    """The student graph's MACs vs the features graph's plus the PaDiM scoring (counted as
+    quality.py counts the prior, at the projection width a 2 MB head allows)."""
     import torch
 
     from edge_runtime.model.macs import inference_macs
@@ -87,11 +87,8 @@ def graph_macs(head_dim: int = 30) -> dict[str, int]:
     with torch.no_grad():
         taps = teacher(trunk(torch.zeros(1, 3, spec.image_size, spec.image_size)))
     grid = taps[0].shape[-1]
-    positions, dim_in = grid * grid, sum(t.shape[1] for t in taps)
-    scoring = (sum(t[0].numel() * 9 for t in taps)
-               + sum(t.shape[1] * positions * 4 for t in taps if t.shape[-1] != grid)
-               + positions * (dim_in * head_dim + head_dim * head_dim)
-               + 64 * positions + 64 * 64 * grid)
+    dim = padim_dim(HeadConfig(), sum(t.shape[1] for t in taps), grid * grid)
+    scoring = prior_scoring_macs(taps, dim, "full", spec.map_size)
     return {"student_graph": parts["total"],
             "features_graph_and_prior": parts["trunk"] + parts["teacher_tail"] + scoring}
 

@@ -241,8 +241,8 @@ class NormalityPrior:
                              self.grid)
         self.student_ref = float(np.quantile(hold_maps, 0.99))
         self.prior_ref = float(np.quantile(self.head.maps(self.embed(hold_feats))[0], 0.99))
-        dim_in, dim = embeddings.shape[-1], int(self.head.meta["dim"])
-        self.macs = self._macs(train_feats[:1], dim_in, dim, covariance)
+        dim = int(self.head.meta["dim"])
+        self.macs = self._macs(train_feats[:1], dim, covariance)
 
     def embed(self, feats, batch: int = 16):
         import numpy as np
@@ -259,26 +259,40 @@ class NormalityPrior:
         import numpy as np
 
         prior_maps, _ = self.head.maps(self.embed(feats))
-        maps = np.sqrt(np.maximum(student_maps, 0) / self.student_ref
-                       * np.maximum(prior_maps, 0) / self.prior_ref).astype(np.float32)
+        maps = combine_maps(student_maps, prior_maps, self.student_ref, self.prior_ref)
         flat = maps.reshape(len(maps), -1)
         k = max(1, round(self.spec.score_topk * flat.shape[1])) if self.spec.score_topk else 1
         return maps, np.sort(flat, axis=1)[:, -k:].mean(axis=1)
 
-    def _macs(self, one, dim_in: int, dim: int, covariance: str) -> int:
-        """3x3 pooling + bilinear resampling of each tapped layer, the projection, the
-        whitening, and the separable resize of the prior map to the 64x64 composition grid."""
+    def _macs(self, one, dim: int, covariance: str) -> int:
         import torch
 
         with torch.no_grad():
-            layers = self.embedding.teacher(torch.from_numpy(one))
-        positions = self.grid * self.grid
-        pooling = sum(t.shape[1] * t.shape[2] * t.shape[3] * 9 for t in layers)
-        resample = sum(t.shape[1] * positions * 4 for t in layers if t.shape[-1] != self.grid)
-        whiten = positions * (dim * dim if covariance == "full" else dim)
-        side = self.spec.map_size or self.spec.image_size
-        resize = side * self.grid * self.grid + side * side * self.grid
-        return int(pooling + resample + positions * dim_in * dim + whiten + resize)
+            taps = self.embedding.teacher(torch.from_numpy(one))
+        return prior_scoring_macs(taps, dim, covariance, self.spec.map_size or
+                                  self.spec.image_size)
+
+
+def combine_maps(student, prior, student_ref: float, prior_ref: float):
+    """The geometric mean of the two maps, each over its held-out normals' 99th-percentile
+    pixel (so neither's scale decides)."""
+    import numpy as np
+
+    return np.sqrt(np.maximum(student, 0) / student_ref
+                   * np.maximum(prior, 0) / prior_ref).astype(np.float32)
+
+
+def prior_scoring_macs(taps, dim: int, covariance: str, map_side: int) -> int:
+    """What the prior adds to the teacher's taps: 3x3 pooling and bilinear resampling of
+    each tap to the first one's grid, the projection to ``dim``, the whitening, and the
+    separable resize of the prior map to the ``map_side`` composition grid."""
+    grid = taps[0].shape[-1]
+    positions, dim_in = grid * grid, sum(t.shape[1] for t in taps)
+    pooling = sum(t[0].numel() * 9 for t in taps)
+    resample = sum(t.shape[1] * positions * 4 for t in taps if t.shape[-1] != grid)
+    whiten = positions * (dim * dim if covariance == "full" else dim)
+    resize = map_side * positions + map_side * map_side * grid
+    return int(pooling + resample + positions * dim_in * dim + whiten + resize)
 
 
 _TRAINED: dict = {}
