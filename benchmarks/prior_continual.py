@@ -13,13 +13,17 @@ percentile pixel). Pixel F1 is the max over thresholds, as in the continual tabl
     .venv/bin/python benchmarks/prior_continual.py \
         runs/continual/runs/paste_new_replay_uint8_channel.ckpt/model
 
-Last line: ``{"per_task": {CATEGORY: {"student", "prior", "combined"}}, "mean_pixel_f1":
+``selected``: the path the daemon would serve (evaluation/serving_choice.py: student or
+prior alone, chosen on the held-out images and synthetic defects made from them).
+
+Last line: ``{"per_task": {CATEGORY: {"student", "prior", "combined", "selected"}}, "mean_pixel_f1":
 {...}, "macs": {"student_graph", "features_graph_and_prior"}}``.
 """
 
 from __future__ import annotations
 
 import argparse
+import json
 import tempfile
 from pathlib import Path
 
@@ -30,14 +34,14 @@ from quality import combine_maps, prior_scoring_macs
 from tqdm import tqdm
 
 from edge_runtime.dataset import test_samples, train_images
-from edge_runtime.evaluation import metrics
+from edge_runtime.evaluation import metrics, serving_choice
 from edge_runtime.inference import model_dir as md
 from edge_runtime.inference.heads import FeatureRunner, HeadConfig, fit_head, padim_dim
 from edge_runtime.inference.inferencer import AnomalyInferencer
-from edge_runtime.inference.preprocess import load_mask, preprocess
+from edge_runtime.inference.preprocess import load_mask, load_rgb, normalise, preprocess
 from edge_runtime.training.loop import TrainConfig, holdout_split
 
-ROWS = ("student", "prior", "combined")
+ROWS = ("student", "prior", "combined", "selected")
 
 
 def student_maps(inferencer: AnomalyInferencer, paths: list, desc: str) -> np.ndarray:
@@ -69,8 +73,25 @@ def one_product(category: str, args, inferencer, runner) -> dict[str, float]:
     student = student_maps(inferencer, paths, f"{category} student")
     prior = head.maps(embeddings(runner, paths, size, f"{category} prior"))[0]
     combined = combine_maps(student, prior, student_ref, prior_ref)
+    choice = choose(inferencer, runner, head, hold, size, args.seed)
+    tqdm.write(f"{category}: {json.dumps(choice)}")
+    selected = prior if choice["choice"] == serving_choice.HEAD else student
     return {name: metrics.f1_max(masks, maps)
-            for name, maps in zip(ROWS, (student, prior, combined), strict=True)}
+            for name, maps in zip(ROWS, (student, prior, combined, selected), strict=True)}
+
+
+def choose(inferencer, runner, head, hold: list, size: int, seed: int) -> dict:
+    """The daemon's choice (workers/choose_path.py) on the held-out images."""
+    def student(rgb):
+        maps, scores = inferencer.forward(normalise(rgb))
+        return maps[:, 0], scores
+
+    def prior(rgb):
+        return head.maps(runner.embed(normalise(rgb)))
+
+    normals = [load_rgb(p, size) for p in hold]
+    return serving_choice.compare(normals, {serving_choice.STUDENT: student,
+                                            serving_choice.HEAD: prior}, seed)
 
 
 def graph_macs() -> dict[str, int]:

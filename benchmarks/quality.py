@@ -15,13 +15,18 @@ Two modes:
 Rows beyond the two recipes (``ablation_recipes``): each lever of the new recipe alone;
 other feature layers within the MAC budget (``layers_*``: the split moves, so the trunk
 features are cached apart); and the student's map times a per-product PaDiM prior on the
-frozen teacher's features (``new_prior*``, ``prior_student_*``: see NormalityPrior).
+frozen teacher's features (``new_prior*``, ``prior_student_*``: see NormalityPrior); that
+prior alone, the daemon's memory-bank head (``head``: no training, the features graph's
+MACs); and ``select``, per product the student or the head by the daemon's rule
+(evaluation/serving_choice.py) on the recipe's held-out normals and synthetic defects made
+from them, never on the evaluation set.
 
 - ``--daemon``: what the operator sees, through a real daemon on its embedded defaults (one
   per recipe and category: ``training.recipe`` = paper or new): ``--max-train-images``
   captures uploaded over HTTP (default 200), one training job, then ``--parts`` good and
   ``--parts`` defective test parts inspected (evenly spread over the defect kinds); counts
-  the correct verdicts.
+  the correct verdicts, once the daemon has chosen the product's serving path (student or
+  memory-bank head, ``heads.serve = auto``), and which answered.
 
 Last line: ``{"paper": {CATEGORY: {...}}, "new": {CATEGORY: {...}}}`` (ablation: one key per
 variant; daemon: ``correct``, ``parts``, ``false_rejects``, ``missed_defects``,
@@ -56,6 +61,7 @@ class Recipe:
     train_overrides: tuple = ()
     geometry: tuple = ()  # (split, feature_layers, image_size); () = ModelSpec.paste()
     prior: str = ""  # "" or a PaDiM covariance: the student map x a per-product prior
+    serve: str = "student"  # or "head" (the PaDiM alone), "select" (per product, below)
 
     def config(self, seed: int):
         from edge_runtime.training.loop import TrainConfig
@@ -89,58 +95,6 @@ def image_split(count: int, seed: int, fraction: float = 0.15, cap: int = 40):
     order = np.random.default_rng(seed + 1000).permutation(count)
     held = min(cap, max(4, int(round(count * fraction))))
     return np.sort(order[held:]), np.sort(order[:held])
-
-
-def synthetic_anomaly(rgb, rng, structural: float = 0.0):
-    """A CutPaste-style defect: a patch (or thin scar) of the same image, slightly
-    recoloured and partly blended, pasted elsewhere; returns (image, mask).
-
-    Kept subtle on purpose (small, mild jitter, partial opacity): obvious pastes saturate
-    every variant at AUROC 1.0 and cannot rank them. With probability ``structural`` the
-    defect is a misplaced part instead (see misplaced_part): local pastes alone reward fine,
-    shallow features and cannot see what a layer's context is worth.
-    """
-    import numpy as np
-
-    if structural and rng.random() < structural:
-        return misplaced_part(rgb, rng)
-    size = rgb.shape[0]
-    out, mask = rgb.astype(np.float32).copy(), np.zeros(rgb.shape[:2], bool)
-    if rng.random() < 0.5:  # patch
-        area = rng.uniform(0.002, 0.02) * size * size
-        aspect = math.exp(rng.uniform(math.log(0.3), math.log(3.3)))
-        h, w = int(math.sqrt(area * aspect)), int(math.sqrt(area / aspect))
-    else:  # scar
-        h, w = int(rng.uniform(0.06, 0.2) * size), int(rng.uniform(0.008, 0.02) * size) + 2
-        if rng.random() < 0.5:
-            h, w = w, h
-    h, w = int(np.clip(h, 3, size // 2)), int(np.clip(w, 3, size // 2))
-    sy, sx = rng.integers(0, size - h), rng.integers(0, size - w)
-    margin = size // 8
-    ty, tx = rng.integers(margin, size - h - margin), rng.integers(margin, size - w - margin)
-    patch = out[sy : sy + h, sx : sx + w] * rng.uniform(0.85, 1.15, 3) + rng.uniform(-15, 15, 3)
-    alpha = rng.uniform(0.4, 1.0)
-    out[ty : ty + h, tx : tx + w] = alpha * patch + (1 - alpha) * out[ty : ty + h, tx : tx + w]
-    mask[ty : ty + h, tx : tx + w] = True
-    return np.clip(out, 0, 255).astype(np.uint8), mask
-
-
-def misplaced_part(rgb, rng):
-    """A large square region (3-8% of the image) moved elsewhere and turned (90/180/270
-    degrees or mirrored), at full opacity: every pixel is a normal texture, only where it
-    sits and how it is oriented are wrong, like a misplaced or rotated component."""
-    import numpy as np
-
-    size = rgb.shape[0]
-    side = int(size * math.sqrt(rng.uniform(0.03, 0.08)))
-    out, mask = rgb.copy(), np.zeros(rgb.shape[:2], bool)
-    sy, sx, ty, tx = rng.integers(size // 16, size - side - size // 16, 4)
-    patch = rgb[sy : sy + side, sx : sx + side]
-    turn = int(rng.integers(0, 4))
-    patch = np.rot90(patch, turn) if turn else patch[:, ::-1]
-    out[ty : ty + side, tx : tx + side] = patch
-    mask[ty : ty + side, tx : tx + side] = True
-    return out, mask
 
 
 class FeatureCache:
@@ -221,6 +175,8 @@ class NormalityPrior:
     runs once for both). A benchmark lever: not (yet) what the daemon serves."""
 
     def __init__(self, train_feats, hold_feats, hold_maps, covariance: str, spec) -> None:
+        """``hold_maps``: the student's on the held-out normals (None: the prior serves
+        alone, as the daemon's memory-bank head)."""
         import numpy as np
 
         from edge_runtime.inference.heads import HeadConfig, fit_head
@@ -239,7 +195,7 @@ class NormalityPrior:
         self.grid = int(round(math.sqrt(embeddings.shape[1])))
         self.head = fit_head(embeddings, HeadConfig(covariance=covariance), spec.image_size,
                              self.grid)
-        self.student_ref = float(np.quantile(hold_maps, 0.99))
+        self.student_ref = None if hold_maps is None else float(np.quantile(hold_maps, 0.99))
         self.prior_ref = float(np.quantile(self.head.maps(self.embed(hold_feats))[0], 0.99))
         dim = int(self.head.meta["dim"])
         self.macs = self._macs(train_feats[:1], dim, covariance)
@@ -254,6 +210,10 @@ class NormalityPrior:
                 patches = self.embedding(torch.from_numpy(feats[i : i + batch]))[-1]
                 out.append(patches.flatten(2).transpose(1, 2).numpy())
         return np.concatenate(out)
+
+    def maps(self, feats):
+        """The head alone: its smoothed map at the input size and max score (as served)."""
+        return self.head.maps(self.embed(feats))
 
     def combine(self, student_maps, feats):
         import numpy as np
@@ -313,43 +273,90 @@ def _trained(recipe: Recipe, spec, feats, train_idx, hold_idx, seed: int):
     return _TRAINED[key]
 
 
-def run_recipe(recipe: Recipe, feats, eval_sets: list, seed: int):
+def run_recipe(recipe: Recipe, feats, eval_sets: list, seed: int, selection=None):
     """Train with ``recipe`` on ``feats`` (its own hold-out carved out), calibrate on the
-    hold-out normals exactly as the daemon does, score every evaluation set."""
+    hold-out normals exactly as the daemon does, score every evaluation set. ``select``
+    rows choose the student or the head per product as the daemon does
+    (evaluation/serving_choice.py), on ``selection(hold_idx)``: the held-out normals and
+    synthetic defects made from them, as trunk features."""
+    import time
+
     from edge_runtime.inference.thresholds import calibrate
     from edge_runtime.model.macs import inference_macs
-    from edge_runtime.model.torch_model import PasteModel
+    from edge_runtime.model.torch_model import PasteModel, build_parts
     from edge_runtime.training.loop import holdout_split
 
     config = recipe.config(seed)
     train_idx, hold_idx = holdout_split(len(feats), config.val_fraction, seed)
     spec = recipe.spec()
-    trunk, teacher, student, result = _trained(recipe, spec, feats, train_idx, hold_idx, seed)
-    model = PasteModel(spec, trunk, teacher, student).eval()
-    hold_maps, hold_scores = maps_and_scores(model, feats[hold_idx])
-    parts = inference_macs(spec, trunk, teacher, student)
-    macs, prior = parts["total"], None
-    if recipe.prior:
-        prior = NormalityPrior(feats[train_idx], feats[hold_idx], hold_maps, recipe.prior, spec)
-        hold_maps, hold_scores = prior.combine(hold_maps, feats[hold_idx])
-        macs += prior.macs + max(0, prior.teacher_macs - parts["teacher_tail"])
+    paths, macs, info = {}, {}, {}
+    if recipe.serve != "head":
+        trunk, teacher, student, result = _trained(recipe, spec, feats, train_idx, hold_idx,
+                                                   seed)
+        model = PasteModel(spec, trunk, teacher, student).eval()
+        parts = inference_macs(spec, trunk, teacher, student)
+        macs["student"], seconds = parts["total"], result.seconds
+        paths["student"] = lambda f: maps_and_scores(model, f)
+        info = {"steps": result.epochs_run * -(-len(train_idx) // config.batch_size),
+                "epochs": f"{result.epochs_run}/{config.planned_epochs(len(train_idx))}",
+                "best_epoch": result.best_epoch, "history": result.history}
+        if recipe.prior:
+            hold_maps = paths["student"](feats[hold_idx])[0]
+            prior = NormalityPrior(feats[train_idx], feats[hold_idx], hold_maps, recipe.prior,
+                                   spec)
+            paths["student"] = lambda f: prior.combine(maps_and_scores(model, f)[0], f)
+            macs["student"] += prior.macs + max(0, prior.teacher_macs - parts["teacher_tail"])
+    if recipe.serve in ("head", "select"):
+        started = time.perf_counter()
+        head = NormalityPrior(feats[train_idx], feats[hold_idx], None, "full", spec)
+        fit = time.perf_counter() - started
+        seconds = fit if recipe.serve == "head" else seconds + fit
+        trunk_macs = inference_macs(spec, *build_parts(spec))["trunk"]
+        macs["head"] = trunk_macs + head.teacher_macs + head.macs
+        paths["head"] = head.maps
+    served = recipe.serve if recipe.serve != "select" else _select(paths, selection(hold_idx))
+    if recipe.serve == "select":
+        info["selection"] = served
+        served = served["choice"]
+    hold_maps, hold_scores = paths[served](feats[hold_idx])
     thresholds = calibrate(hold_maps, hold_scores, recipe.policy())
-    steps = result.epochs_run * -(-len(train_idx) // config.batch_size)
-    epochs = f"{result.epochs_run}/{config.planned_epochs(len(train_idx))}"
     rows = []
     for feats_eval, masks, labels, fast in eval_sets:
-        maps, scores = maps_and_scores(model, feats_eval)
-        if prior is not None:
-            maps, scores = prior.combine(maps, feats_eval)
+        maps, scores = paths[served](feats_eval)
         row = score_maps(maps, scores, masks, labels, thresholds.image, fast)
-        row |= {"train_seconds": round(result.seconds, 1), "inference_macs": macs,
-                "threshold_method": thresholds.method, "holdout_normals": int(len(hold_idx)),
-                "steps": steps, "epochs": epochs,
-                "best_epoch": result.best_epoch, "warning": thresholds.warning,
+        row |= {"train_seconds": round(seconds, 1), "inference_macs": macs[served],
+                "served": served, "threshold_method": thresholds.method,
+                "holdout_normals": int(len(hold_idx)), "steps": info.get("steps", 0),
+                "epochs": info.get("epochs", "-"), "best_epoch": info.get("best_epoch"),
+                "warning": thresholds.warning, "selection": info.get("selection"),
                 "scores": {"holdout": hold_scores.tolist(), "eval": scores.tolist(),
-                           "labels": labels.tolist(), "history": result.history}}
+                           "labels": labels.tolist(), "history": info.get("history")}}
         rows.append(row)
     return rows
+
+
+def _select(paths: dict, selection: tuple) -> dict:
+    """The daemon's rule (serving_choice.choose) on the selection set's trunk features."""
+    from edge_runtime.evaluation import serving_choice
+
+    feats, masks, labels = selection
+    results = {name: serving_choice.evaluate(*paths[name](feats), masks, labels)
+               for name in (serving_choice.STUDENT, serving_choice.HEAD)}
+    return {"choice": serving_choice.choose(results), **results}
+
+
+def selection_features(cache: FeatureCache, images: list, size: int, seed: int):
+    """The held-out normals and the defects serving_choice.selection_set makes from them,
+    as trunk features (cached), with their masks and labels."""
+    import numpy as np
+
+    from edge_runtime.evaluation.serving_choice import selection_set
+    from edge_runtime.inference.preprocess import load_rgb, normalise
+
+    rgb, masks, labels = selection_set([load_rgb(p, size) for p in images], seed)
+    key = f"select|{seed}|" + "|".join(map(str, images))
+    feats = cache.arrays(key, lambda: np.stack([normalise(image) for image in rgb]))
+    return feats, masks, labels
 
 
 def test_set(cache: FeatureCache, data: Path, category: str, size: int, limit):
@@ -370,6 +377,7 @@ def validation_set(cache: FeatureCache, images: list, size: int, seed: int,
     """Held-out normals + one synthetic anomaly made from each of them."""
     import numpy as np
 
+    from edge_runtime.evaluation.synthetic import synthetic_anomaly
     from edge_runtime.inference.preprocess import load_rgb, normalise
 
     normal = cache.images(images)
@@ -392,15 +400,17 @@ def validation_set(cache: FeatureCache, images: list, size: int, seed: int,
 
 def evaluation_data(args: argparse.Namespace, cache: FeatureCache, category: str,
                     images: list, size: int) -> tuple:
-    """(training features, evaluation sets): the test split, or for ``--ablation`` the
-    recipe's part of the training images and the validation set made from the rest."""
+    """(training features, evaluation sets, training image paths): the test split, or for
+    ``--ablation`` the recipe's part of the training images and the validation set made from
+    the rest."""
     if args.ablation:
         rec_idx, val_idx = image_split(len(images), args.seed)
         validation = validation_set(cache, [images[i] for i in val_idx], size, args.seed,
                                     args.structural)
-        return cache.images([images[i] for i in rec_idx]), [(*validation, True)]
+        recipe_images = [images[i] for i in rec_idx]
+        return cache.images(recipe_images), [(*validation, True)], recipe_images
     test = test_set(cache, args.data, category, size, args.max_test_images)
-    return cache.images(images), [(*test, False)]
+    return cache.images(images), [(*test, False)], images
 
 
 # ---------------------------------------------------------------- ablation variants
@@ -424,13 +434,17 @@ def ablation_recipes(target_steps: int | None) -> list[Recipe]:
                 geometry=(6, (6, 8, 10), 256)),
         replace(NEW, name="prior_student_6_10_12", train_overrides=steps, prior="full",
                 geometry=(6, (6, 10, 12), 256)),
+        # The memory-bank head alone, and the daemon's per-product choice of the two
+        replace(NEW, name="head", train_overrides=steps, serve="head"),
+        replace(NEW, name="select", train_overrides=steps, serve="select"),
     ]
 
 
 # ---------------------------------------------------------------- through the daemon
 def daemon_verdicts(data: Path, category: str, recipe: str, captures: int, parts: int,
-                    epochs: int | None = None) -> dict:
-    """One daemon on its defaults (``training.recipe`` = ``recipe``): upload, train, inspect."""
+                    epochs: int | None = None, serve: str = "auto") -> dict:
+    """One daemon on its defaults (``training.recipe`` = ``recipe``, ``heads.serve`` =
+    ``serve``): upload, train, inspect."""
     import shutil
     import tempfile
     import time
@@ -439,7 +453,8 @@ def daemon_verdicts(data: Path, category: str, recipe: str, captures: int, parts
     from edge_runtime.dataset import spread, test_samples, train_images
 
     root = Path(tempfile.mkdtemp(prefix="edge-quality-"))
-    daemon = Daemon(root / "data", env={"EDGE_RUNTIME_TRAINING_RECIPE": recipe})
+    daemon = Daemon(root / "data", env={"EDGE_RUNTIME_TRAINING_RECIPE": recipe,
+                                         "EDGE_RUNTIME_HEADS_SERVE": serve})
     samples = test_samples(data, category)
     good = spread([s for s in samples if s.defect == "good"], parts)
     bad = spread([s for s in samples if s.defect != "good"], parts)
@@ -455,12 +470,15 @@ def daemon_verdicts(data: Path, category: str, recipe: str, captures: int, parts
         job = daemon.wait_job(job["id"], timeout=3600)
         assert job["status"] == "succeeded", job
         daemon.wait_live(job["version"], timeout=60)
+        choice = (_serving_choice(daemon, product["id"], job["version"]) if serve == "auto"
+                  else {"choice": serve})
         learn_seconds = time.monotonic() - started
-        verdicts = {}
+        verdicts, answered = {}, set()
         for sample in good + bad:
             response = daemon.inspect(category, sample.image)
             assert response.status_code == 200, response.text
             verdicts[sample.image] = response.json()["verdict"]
+            answered.add(response.json()["head"])
     finally:
         daemon.stop()
         shutil.rmtree(root, ignore_errors=True)
@@ -468,7 +486,23 @@ def daemon_verdicts(data: Path, category: str, recipe: str, captures: int, parts
     missed = sum(verdicts[s.image] == "pass" for s in bad)
     return {"correct": len(good) + len(bad) - false_rejects - missed,
             "parts": len(good) + len(bad), "false_rejects": false_rejects,
-            "missed_defects": missed, "learn_seconds": round(learn_seconds, 1)}
+            "missed_defects": missed, "learn_seconds": round(learn_seconds, 1),
+            "answered_by": sorted(answered), "serving_choice": choice}
+
+
+def _serving_choice(daemon, product_id: int, version: str, timeout: float = 300) -> dict:
+    """The daemon's choice of student or head for the new version (made in seconds after
+    the promotion; until then the head answers): verdicts are counted after it."""
+    import time
+
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        heads = daemon.client.get("/status").json()["heads"]["products"]
+        choice = heads.get(str(product_id), {}).get("serving_choice") or {}
+        if choice.get("version") == version:
+            return choice
+        time.sleep(0.5)
+    raise TimeoutError(f"no serving choice for {version} within {timeout:.0f} s")
 
 
 def run_daemon(args: argparse.Namespace, categories: list[str]) -> None:
@@ -480,12 +514,12 @@ def run_daemon(args: argparse.Namespace, categories: list[str]) -> None:
         for recipe in tqdm(recipes, desc=f"{category} through the daemon", unit="recipe"):
             out[recipe][category] = daemon_verdicts(
                 args.data, category, recipe, args.max_train_images or 200, args.parts,
-                2 if args.quick else None)
+                2 if args.quick else None, args.serve)
             tqdm.write(f"{category} {recipe}: {json.dumps(out[recipe][category])}")
     print_table(["recipe", "category", "correct", "false rejects (good)",
-                 "missed defects", "train -> serving s"],
+                 "missed defects", "train -> serving s", "answered by"],
                 [[recipe, category, f"{r['correct']}/{r['parts']}", r["false_rejects"],
-                  r["missed_defects"], r["learn_seconds"]]
+                  r["missed_defects"], r["learn_seconds"], ",".join(r["answered_by"])]
                  for recipe, per in out.items() for category, r in per.items()])
     emit_json(out)
 
@@ -515,6 +549,8 @@ def main() -> None:
                         help="verdicts of test parts through a real daemon per recipe")
     parser.add_argument("--parts", type=int, default=10,
                         help="--daemon: good and defective test parts inspected, each")
+    parser.add_argument("--serve", choices=("auto", "student", "head"), default="auto",
+                        help="--daemon: heads.serve (who answers for a trained product)")
     args = parser.parse_args()
     if args.daemon:
         from edge_runtime.dataset import list_categories
@@ -569,7 +605,10 @@ def main() -> None:
             if cache not in loaded:
                 loaded[cache] = evaluation_data(args, cache, category, images,
                                                 recipe.spec().image_size)
-            rows = run_recipe(recipe, *loaded[cache], args.seed)
+            feats, eval_sets, paths = loaded[cache]
+            size = recipe.spec().image_size
+            rows = run_recipe(recipe, feats, eval_sets, args.seed, lambda hold, c=cache, p=paths,
+                              s=size: selection_features(c, [p[i] for i in hold], s, args.seed))
             out[recipe.name][category] = {k: rows[0][k] for k in KEYS}
             extra[recipe.name][category] = {k: rows[0][k] for k in rows[0] if k not in KEYS}
             scores = extra[recipe.name][category].pop("scores")
@@ -581,7 +620,7 @@ def main() -> None:
             tqdm.write(f"{category} {recipe.name}: " + json.dumps(
                 {k: (round(v, 4) if isinstance(v, float) else v) for k, v in rows[0].items()}))
     headers = ["recipe", "category", "pixAUROC", "imgAUROC", "AU-PRO", "pixF1", "opImgF1",
-               "FRR", "train_s", "MACs(M)", "steps", "epochs"]
+               "FRR", "train_s", "MACs(M)", "steps", "epochs", "served"]
     table = []
     for name, per in out.items():
         for category, row in per.items():
@@ -589,10 +628,11 @@ def main() -> None:
             table.append([name, category, row["pixel_auroc"], row["image_auroc"], row["aupro"],
                           row["pixel_f1"], row["operational_image_f1"],
                           row["false_reject_rate"], row["train_seconds"],
-                          round(row["inference_macs"] / 1e6, 2), e["steps"], e["epochs"]])
+                          round(row["inference_macs"] / 1e6, 2), e["steps"], e["epochs"],
+                          e["served"]])
         if per:
             means = [float(np.nanmean([r[k] for r in per.values()])) for k in KEYS[:6]]
-            table.append([name, "MEAN", *means, "", "", "", ""])
+            table.append([name, "MEAN", *means, "", "", "", "", ""])
     print_table(headers, table)
     emit_json(out)
 

@@ -34,6 +34,7 @@ CAMERA_KINDS = ("none", "directory", "picamera2", "v4l2", "gstreamer")
 V4L2_PIXEL_FORMATS = ("MJPG", "YUYV", "RGB3", "BGR3", "GREY")
 HEAD_KINDS = ("padim", "patchcore")  # inference/heads.py KINDS (a test keeps them equal)
 HEAD_COVARIANCES = ("full", "shared", "diagonal")
+HEAD_SERVE = ("auto", "student", "head")
 REPLAY_SELECTIONS = ("random", "kcenter")  # replay/selection.py (a test keeps them equal)
 
 
@@ -127,13 +128,18 @@ class InspectionSettings:
 @dataclass(frozen=True)
 class HeadSettings:
     """Memory-bank heads: a product is inspected from its captures before its student is
-    trained (edge_runtime/inference/heads.py; benchmarks/onboarding.py chose padim/full)."""
+    trained (edge_runtime/inference/heads.py; benchmarks/onboarding.py chose padim/full),
+    and afterwards when it detects better than the student (``serve``)."""
 
     enabled: bool = True
     kind: str = "padim"  # padim | patchcore
     covariance: str = "full"  # padim: full | shared | diagonal
     max_bytes: int = 2_000_000  # per product, the head file; the fit narrows to fit
     auto_fit: bool = True  # fit after captures are stored (else POST /products/{id}/head)
+    # a trained product: "auto" chooses per product and model version between the student
+    # and the head on synthetic defects made from its held-out captures
+    # (evaluation/serving_choice.py); "student" or "head" pins one (the head when ready)
+    serve: str = "auto"
 
 
 @dataclass(frozen=True)
@@ -275,6 +281,8 @@ def validate(settings: Settings) -> Settings:
         (settings.heads.covariance in HEAD_COVARIANCES,
          f"heads.covariance must be one of {', '.join(HEAD_COVARIANCES)}"),
         (settings.heads.max_bytes >= 50_000, "heads.max_bytes must be >= 50000"),
+        (settings.heads.serve in HEAD_SERVE,
+         f"heads.serve must be one of {', '.join(HEAD_SERVE)}"),
         (settings.is_loopback or len(settings.api.token) >= 16,
          f"api.host is {settings.api.host} (not loopback): set api.token (16+ characters) "
          "so mutating endpoints need a bearer token"),

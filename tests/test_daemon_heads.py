@@ -1,5 +1,6 @@
-"""A new product is inspected by its memory-bank head before any training, and by the
-student once the job promotes, without a failed request (real uvicorn subprocess)."""
+"""A new product is inspected by its memory-bank head before any training, and once the
+job promotes by whichever of student and head the daemon chose for it, without a failed
+request and without flapping (real uvicorn subprocess)."""
 
 from __future__ import annotations
 
@@ -25,6 +26,17 @@ def _first_verdict(daemon: Daemon, product_id: int, image, timeout: float = 180)
     raise TimeoutError("the head never answered")
 
 
+def _serving_choice(c: httpx.Client, product: int, version: str, timeout: float = 120) -> dict:
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        state = c.get("/status").json()["heads"]["products"].get(str(product), {})
+        choice = state.get("serving_choice") or {}
+        if choice.get("version") == version:
+            return choice
+        time.sleep(0.2)
+    raise TimeoutError("no serving choice for the new version")
+
+
 def test_head_serves_before_training_and_the_student_takes_over(tmp_path, data_root):
     daemon = Daemon(tmp_path / "data", env={"EDGE_RUNTIME_HEADS_MAX_BYTES": str(MAX_BYTES)})
     daemon.start()
@@ -35,7 +47,7 @@ def test_head_serves_before_training_and_the_student_takes_over(tmp_path, data_r
         defect = data_root / "bottle" / "test" / "broken_large" / "000.png"
         assert daemon.inspect(product, good).status_code == 409  # no captures, no head
 
-        captures = sorted((data_root / "bottle" / "train" / "good").glob("*.png"))[:24]
+        captures = sorted((data_root / "bottle" / "train" / "good").glob("*.png"))[:40]
         assert daemon.upload(product, captures).status_code == 201
         first = _first_verdict(daemon, product, good)  # no POST /train anywhere before
         assert first["head"] == "padim" and first["model_version"] == "head-padim"
@@ -48,7 +60,7 @@ def test_head_serves_before_training_and_the_student_takes_over(tmp_path, data_r
         assert status["products"][0]["served_by"] == "padim"
         assert status["products"][0]["trained"] is False
         state = c.get(f"/products/{product}/head").json()
-        assert state["status"] == "ready" and state["captures"] == 24
+        assert state["status"] == "ready" and state["captures"] == 40
         assert 0 < state["bytes"] <= MAX_BYTES and status["heads"]["bytes"] == state["bytes"]
         assert (tmp_path / "data" / "heads" / f"{product}.npz").stat().st_size == state["bytes"]
         assert status["torch_imported"] is False
@@ -82,10 +94,16 @@ def test_head_serves_before_training_and_the_student_takes_over(tmp_path, data_r
             thread.join()
         assert answers and all(code == 200 for code, _ in answers), answers
         heads = [head for _, head in answers]
-        assert heads[0] == "padim" and heads[-1] == "student"
-        assert heads == sorted(heads, key=lambda h: h == "student")  # one switch, no flapping
+        # the head answers until the choice for the new version is made, then the chosen
+        # path: at most one switch, never back and forth
+        assert heads[0] == "padim"
+        assert sum(a != b for a, b in zip(heads, heads[1:], strict=False)) <= 1, heads
+        choice = _serving_choice(c, product, job["version"])
+        assert choice["choice"] in ("student", "head") and choice["defects"] > 0
+        chosen = "padim" if choice["choice"] == "head" else "student"
         after = daemon.inspect(product, good).json()
-        assert after["head"] == "student" and after["model_version"] == job["version"]
-        assert c.get("/status").json()["products"][0]["served_by"] == "student"
+        assert after["head"] == chosen
+        assert after["model_version"] == ("head-padim" if chosen == "padim" else job["version"])
+        assert c.get("/status").json()["products"][0]["served_by"] == chosen
     finally:
         daemon.stop()

@@ -232,6 +232,9 @@ def test_head_settings_name_the_heads_choices_and_reject_others():
         load_settings(environ={"EDGE_RUNTIME_HEADS_KIND": "knn"})
     with pytest.raises(SettingsError, match="heads.max_bytes"):
         load_settings(environ={"EDGE_RUNTIME_HEADS_MAX_BYTES": "1000"})
+    assert load_settings(environ={}).heads.serve == "auto"
+    with pytest.raises(SettingsError, match="heads.serve must be one of auto, student, head"):
+        load_settings(environ={"EDGE_RUNTIME_HEADS_SERVE": "both"})
 
 
 def test_a_head_fit_without_weights_says_why(tmp_path, data_root):

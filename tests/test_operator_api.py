@@ -180,15 +180,23 @@ def test_rollback_promotes_a_version_on_disk(daemon):
 def test_product_delete_says_what_it_means(daemon, data_root):
     c = daemon.client
     made = c.post("/products", json={"name": "scrap"}).json()
-    daemon.upload(made["id"], sorted((data_root / "bottle" / "train" / "good").glob("*.png"))[:1])
+    daemon.upload(made["id"], sorted((data_root / "bottle" / "train" / "good").glob("*.png"))[:4])
     capture_dir = daemon.data_dir / "captures" / str(made["id"])
     assert capture_dir.is_dir()
+    head_file = daemon.data_dir / "heads" / f"{made['id']}.npz"
+    deadline = time.monotonic() + 120
+    while c.get(f"/products/{made['id']}/head").json()["status"] != "ready":
+        assert time.monotonic() < deadline, "the head was never fitted"
+        time.sleep(0.2)
+    assert head_file.exists()
     gone = c.delete(f"/products/{made['id']}")
     assert gone.status_code == 200
     body = gone.json()
     assert body["in_live_model"] is False and "replay store" in body["consequences"]
     assert c.get(f"/products/{made['id']}").status_code == 404
     assert not capture_dir.exists()
+    assert not head_file.exists()  # nor its head, in RAM or on disk
+    assert str(made["id"]) not in c.get("/status").json()["heads"]["products"]
     assert c.delete(f"/products/{made['id']}").status_code == 404
 
 

@@ -8,6 +8,11 @@ thresholds): a fit's working set never stays in the API's heap. Heads live in
 like the replay store's and each is bounded by ``heads.max_bytes``. The features graph
 they read (trunk + frozen teacher tail) is written once by another child, since torch
 never enters this process; the API opens it only to serve a head.
+
+Once a product is trained, a third child (workers/choose_path.py) decides per product and
+model version whether the student or the head answers (evaluation/serving_choice.py), on
+synthetic defects made from the held-out captures; the choice is kept beside the head
+(``<id>.choice.json``) and holds only for the version and the head file it was made on.
 """
 
 from __future__ import annotations
@@ -23,6 +28,7 @@ from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
 
+from edge_runtime.atomic import atomic_write_bytes
 from edge_runtime.dataset import spread
 from edge_runtime.inference import heads as H
 from edge_runtime.memory import trim_heap
@@ -55,13 +61,15 @@ class HeadOptions:
     image_size: int = 256
     seed: int = 0
     weights_dir: str = ""
+    serve: str = "auto"  # trained products: auto | student | head
 
     @classmethod
     def from_settings(cls, settings: Settings) -> HeadOptions:
         heads, training = settings.heads, settings.training
         return cls(heads.enabled, heads.kind, heads.covariance, heads.max_bytes,
                    training.min_captures, training.max_images, settings.model.threads or 1,
-                   seed=training.seed, weights_dir=settings.model.weights_dir)
+                   seed=training.seed, weights_dir=settings.model.weights_dir,
+                   serve=heads.serve)
 
 
 class HeadService:
@@ -73,6 +81,10 @@ class HeadService:
         self._heads: dict[int, H.Head] = {}
         self._state: dict[int, dict] = {}
         self._queued: dict[int, Future] = {}
+        self._choices: dict[int, dict] = {}  # product id -> the last serving choice made
+        self._choosing: dict[int, int] = {}  # product id -> generation of its queued choice
+        self._pending: set[int] = set()  # products whose choice is queued or running
+        self.on_ready: Callable[[int], None] | None = None  # a head was fitted
         self._generation: dict[int, int] = {}  # bumped by each queued fit
         self._runner: H.FeatureRunner | None = None
         self._last_use = time.monotonic()
@@ -129,6 +141,9 @@ class HeadService:
     def head_path(self, product_id: int) -> Path:
         return self.root / f"{int(product_id)}.npz"
 
+    def choice_path(self, product_id: int) -> Path:
+        return self.root / f"{int(product_id)}.choice.json"
+
     # ---- lifecycle
     def load_all(self) -> int:
         """Heads fitted before a restart serve again (an unreadable one is refitted later)."""
@@ -142,6 +157,11 @@ class HeadService:
                 found += 1
             except (H.HeadError, OSError) as exc:
                 log.warning("ignoring head %s: %s", path.name, exc)
+        for path in sorted(self.root.glob("*.choice.json")):
+            try:
+                self._choices[int(path.name.split(".")[0])] = json.loads(path.read_text())
+            except (ValueError, OSError) as exc:  # made again at the next promotion
+                log.warning("ignoring serving choice %s: %s", path.name, exc)
         return found
 
     def shutdown(self) -> None:
@@ -188,6 +208,8 @@ class HeadService:
             size, seconds = path.stat().st_size, time.perf_counter() - started
             self._publish(product_id, H.Head.load(path), size, seconds)
             log.info("head for product %d ready: %d bytes, %.1f s", product_id, size, seconds)
+            if self.on_ready:
+                self.on_ready(product_id)
         except _Superseded:
             log.info("head fit for product %d superseded by newer captures", product_id)
         except Exception as exc:  # noqa: BLE001 - reported in /status, the daemon serves on
@@ -195,11 +217,13 @@ class HeadService:
             self._set(product_id, status="failed", error=f"{type(exc).__name__}: {exc}")
         return self.state(product_id)
 
-    def _run_child(self, request: dict, superseded: Callable[[], bool]) -> None:
-        """workers/fit_head.py on ``request``; killed when a newer fit of the product is
+    def _run_child(self, request: dict, superseded: Callable[[], bool],
+                   module: str = "edge_runtime.workers.fit_head",
+                   failure: str = "the head could not be fitted") -> None:
+        """A worker module on ``request``; killed when a newer request for the product is
         queued (that one sees every capture this one sees) or the service shuts down."""
         child = subprocess.Popen(
-            [sys.executable, "-m", "edge_runtime.workers.fit_head"], stdin=subprocess.PIPE,
+            [sys.executable, "-m", module], stdin=subprocess.PIPE,
             stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
         payload: str | None = json.dumps(request)
         deadline = time.monotonic() + FIT_TIMEOUT
@@ -215,9 +239,9 @@ class HeadService:
                     child.communicate()
                     if ended:
                         raise _Superseded from None
-                    raise RuntimeError(f"the head fit took over {FIT_TIMEOUT:.0f} s") from None
+                    raise RuntimeError(f"{module} took over {FIT_TIMEOUT:.0f} s") from None
         if child.returncode:
-            raise RuntimeError(f"the head could not be fitted: "
+            raise RuntimeError(f"{failure}: "
                                f"{_last_line(errors, child.returncode)}")
 
     def _publish(self, product_id: int, head: H.Head, size: int,
@@ -240,7 +264,105 @@ class HeadService:
         with self._lock:
             self._heads.pop(product_id, None)
             self._state.pop(product_id, None)
+            self._choices.pop(product_id, None)
         self.head_path(product_id).unlink(missing_ok=True)
+        self.choice_path(product_id).unlink(missing_ok=True)
+
+    # ---- the serving choice of trained products
+    def _head_stamp(self, product_id: int) -> int | None:
+        """Which head file a choice was made on (a refit makes the choice stale)."""
+        try:
+            return self.head_path(product_id).stat().st_mtime_ns
+        except OSError:
+            return None
+
+    def request_choice(self, product_id: int, version_dir: Path,
+                       captures: Callable[[], list[Path]]) -> Future | None:
+        """Queue the choice between the student of ``version_dir`` and the product's head
+        (one child at a time, after any queued fit); nothing to do when ``serve`` pins a
+        path, the product has no head, or the choice for this version and head is made."""
+        options = self.options
+        if not options.enabled or options.serve != "auto" or product_id not in self._heads:
+            return None
+        if self._current_choice(product_id, version_dir.name) is not None:
+            return None
+        with self._lock:
+            generation = self._choosing[product_id] = self._choosing.get(product_id, 0) + 1
+            self._pending.add(product_id)
+        return self._executor.submit(self._choose, product_id, Path(version_dir), captures,
+                                     generation)
+
+    def _choose(self, product_id: int, version_dir: Path,
+                captures: Callable[[], list[Path]], generation: int) -> dict | None:
+        try:
+            return self._make_choice(product_id, version_dir, captures, generation)
+        finally:
+            with self._lock:
+                if self._choosing.get(product_id) == generation:
+                    self._pending.discard(product_id)
+
+    def _make_choice(self, product_id: int, version_dir: Path,
+                     captures: Callable[[], list[Path]], generation: int) -> dict | None:
+        from edge_runtime.evaluation.serving_choice import MIN_NORMALS
+        from edge_runtime.inference.model_dir import MERGED
+
+        options = self.options
+        stamp = self._head_stamp(product_id)
+        if stamp is None or not (version_dir / MERGED).exists():
+            return None  # the head was deleted, or the version pruned, meanwhile
+        images = spread(captures(), options.max_images)
+        _, held = H.holdout_split(len(images), 0.1, options.seed)  # neither path fitted on
+        if len(held) < MIN_NORMALS:  # too few to tell: the student answers, and /status says why
+            choice = {"version": version_dir.name, "head_fitted_at": stamp, "choice": "student",
+                      "reason": f"{len(held)} held-out captures; a choice needs {MIN_NORMALS}"}
+            atomic_write_bytes(self.choice_path(product_id), json.dumps(choice).encode())
+            with self._lock:
+                self._choices[product_id] = choice
+            return choice
+        request = {"student_graph": str(version_dir / MERGED),
+                   "features_graph": str(self.graph_path), "head": str(self.head_path(product_id)),
+                   "image_size": options.image_size, "threads": options.threads,
+                   "seed": options.seed, "held": [str(images[i]) for i in held],
+                   "version": version_dir.name, "head_fitted_at": stamp,
+                   "out": str(self.choice_path(product_id))}
+        started = time.perf_counter()
+        try:
+            with self._runner_lock:
+                self._ensure_graph()
+            self._run_child(request, lambda: self._choosing.get(product_id) != generation,
+                            "edge_runtime.workers.choose_path", "no serving choice")
+            choice = json.loads(self.choice_path(product_id).read_text())
+        except _Superseded:
+            return None
+        except Exception:  # noqa: BLE001 - the student keeps answering
+            log.exception("serving choice for product %d", product_id)
+            return None
+        with self._lock:
+            self._choices[product_id] = choice
+        log.info("product %d, %s: %s answers (student %.4f, head %.4f; %.1f s)", product_id,
+                 version_dir.name, choice["choice"], choice["student"]["score"],
+                 choice["head"]["score"], time.perf_counter() - started)
+        return choice
+
+    def _current_choice(self, product_id: int, version: str) -> dict | None:
+        choice = self._choices.get(product_id)
+        if (choice is None or choice.get("version") != version
+                or choice.get("head_fitted_at") != self._head_stamp(product_id)):
+            return None
+        return choice
+
+    def serves(self, product_id: int, version: str) -> bool:
+        """Whether the head, not the student of ``version``, answers for a trained product.
+        While its choice is being made (seconds), what answered before goes on answering:
+        the head after its first job, the last choice after later ones (no flapping)."""
+        if product_id not in self._heads or not self.options.enabled:
+            return False
+        if self.options.serve != "auto":
+            return self.options.serve == "head"
+        choice = self._current_choice(product_id, version)
+        if choice is None and product_id in self._pending:
+            choice = self._choices.get(product_id, {"choice": "head"})
+        return choice is not None and choice.get("choice") == "head"
 
     # ---- serving
     def head(self, product_id: int) -> H.Head | None:
@@ -265,7 +387,14 @@ class HeadService:
     def status(self) -> dict:
         with self._lock:
             products = {str(pid): dict(s) for pid, s in self._state.items()}
+            for pid, choice in self._choices.items():
+                if str(pid) in products:
+                    products[str(pid)]["serving_choice"] = {
+                        k: choice.get(k) for k in ("version", "choice", "student", "head",
+                                                   "normals", "defects", "reason")
+                        if k in choice}
         return {"enabled": self.options.enabled, "kind": self.options.kind,
+                "serve": self.options.serve,
                 "max_bytes_per_product": self.options.max_bytes,
                 "bytes": sum(s.get("bytes") or 0 for s in products.values()
                              if s.get("status") == "ready" or s.get("serving")),

@@ -84,20 +84,24 @@ class InspectionService:
         self._keep = keep_recent_maps
 
     def answerer(self, product: dict) -> Answerer:
-        """The student once the live model knows the product; until then the product's
-        memory-bank head; NotTrainedError (409) when neither exists yet."""
+        """The student once the live model knows the product, unless the product's
+        memory-bank head was chosen over it (HeadService.serves); before training the head;
+        NotTrainedError (409) when neither exists yet."""
         live = self.registry.live  # one reference for the whole request: swaps can't break it
         calibrated = live.thresholds(product["name"]) if live else None
         overrides = product["image_threshold_override"], product["pixel_threshold_override"]
-        if live is not None and calibrated is not None:
-            return Answerer(live.inferencer, calibrated.overridden(*overrides), live.version,
-                            STUDENT)
-        head = self.heads.inferencer(product["id"]) if self.heads else None
-        if head is None or head.head.thresholds is None:
+        trained = live is not None and calibrated is not None
+        head = None
+        if self.heads and (not trained or self.heads.serves(product["id"], live.version)):
+            head = self.heads.inferencer(product["id"])
+        if head is not None and head.head.thresholds is not None:
+            return Answerer(head, head.head.thresholds.overridden(*overrides),
+                            f"head-{head.head.kind}", head.head.kind)
+        if not trained:
             self.products.thresholds(product)  # raises NotTrainedError, the usual message
-        assert head is not None and head.head.thresholds is not None
-        return Answerer(head, head.head.thresholds.overridden(*overrides),
-                        f"head-{head.head.kind}", head.head.kind)
+        assert live is not None and calibrated is not None
+        return Answerer(live.inferencer, calibrated.overridden(*overrides), live.version,
+                        STUDENT)
 
     def inspect(self, product: dict, data: bytes | np.ndarray,
                 source: str = "upload") -> InspectionRecord:

@@ -12,7 +12,7 @@ from __future__ import annotations
 import logging
 import shutil
 import threading
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -58,6 +58,12 @@ class ModelRegistry:
         self.threads, self.spinning = threads, spinning
         self._lock = threading.Lock()
         self._live: LiveModel | None = None
+        self._listeners: list[Callable[[LiveModel], None]] = []
+
+    def on_live(self, listener: Callable[[LiveModel], None]) -> None:
+        """``listener(live)`` just before every swap (promotion, rollback, import), so that
+        what it sets up is in place for the new version's first request."""
+        self._listeners.append(listener)
 
     @property
     def live(self) -> LiveModel | None:
@@ -120,6 +126,11 @@ class ModelRegistry:
         return out
 
     def _publish(self, live: LiveModel) -> None:
+        for listener in self._listeners:
+            try:
+                listener(live)
+            except Exception:  # noqa: BLE001 - the swap goes on; so does serving
+                log.exception("before the swap to %s", live.version)
         with self._lock:
             atomic_write_bytes(self.root / md.CURRENT, live.version.encode())
             self._live = live

@@ -1,6 +1,7 @@
 """Deleting a product, and what that means for the model and the replay store.
 
-The rows (captures, jobs, inspections) and the files (captures, kept maps) go now. The
+The rows (captures, jobs, inspections) and the files (captures, kept maps, the memory-bank
+head and its serving choice) go now. The
 model directories are never edited in place (they carry checksums), so the live model keeps
 what it learned about the product until the next training: that training no longer
 recalibrates or rehearses it, drops it from the new version and removes its samples from
@@ -13,6 +14,7 @@ from __future__ import annotations
 from edge_runtime.services import events
 from edge_runtime.services.captures import CaptureService
 from edge_runtime.services.errors import ConflictError
+from edge_runtime.services.heads import HeadService
 from edge_runtime.services.inspection import InspectionService
 from edge_runtime.services.jobs import JobManager
 from edge_runtime.services.products import ProductService
@@ -20,7 +22,8 @@ from edge_runtime.storage import repositories as repo
 from edge_runtime.storage.db import Database
 
 CONSEQUENCES = (
-    "Deletes the product's captures, training jobs, inspection records and kept maps now. "
+    "Deletes the product's captures, training jobs, inspection records, kept maps and "
+    "memory-bank head now. "
     "The live model keeps what it learned until the next training, which drops the product "
     "from the model and removes its samples from the replay store. Older model versions on "
     "disk still contain it.")
@@ -29,9 +32,9 @@ CONSEQUENCES = (
 class ProductRemoval:
     def __init__(self, db: Database, products: ProductService, captures: CaptureService,
                  inspections: InspectionService, jobs: JobManager,
-                 bus: events.EventBus) -> None:
+                 bus: events.EventBus, heads: HeadService | None = None) -> None:
         self.db, self.products, self.captures = db, products, captures
-        self.inspections, self.jobs, self.bus = inspections, jobs, bus
+        self.inspections, self.jobs, self.bus, self.heads = inspections, jobs, bus, heads
 
     def delete(self, product_id: int) -> dict:
         product = self.products.get(product_id)
@@ -43,6 +46,8 @@ class ProductRemoval:
         with self.db.connect() as conn:
             repo.delete_product(conn, product_id)
         self.captures.delete_files(product_id)
+        if self.heads:  # its head (RAM and file) and serving choice
+            self.heads.forget(product_id)
         in_model = self.products.registry.thresholds(product["name"]) is not None
         self.bus.publish(events.PRODUCT, {"id": product_id, "name": product["name"],
                                           "deleted": True})

@@ -73,11 +73,30 @@ def build_runtime(settings: Settings) -> Runtime:
     heads.load_all()
 
     def fit_head(product: dict) -> None:
-        """Captures stored: refit the head of a product the student does not know yet."""
-        if settings.heads.auto_fit and not products.is_trained(product):
+        """Captures stored: refit the head of a product the student does not know yet, or
+        of any product when the head may answer for trained ones too."""
+        may_serve = settings.heads.serve != "student" or not products.is_trained(product)
+        if settings.heads.auto_fit and may_serve:
             heads.request_fit(product["id"], lambda: captures.paths(product["id"]))
 
+    def choose(live, product_ids) -> None:
+        """Student or head, per trained product of ``live`` (heads.serve = auto)."""
+        names = products.names()
+        for pid in product_ids:
+            if names.get(pid) in live.manifest.thresholds:
+                heads.request_choice(pid, live.directory, lambda p=pid: captures.paths(p))
+
+    models.on_live(lambda live: choose(live, list(products.names())))
+
+    def head_ready(product_id: int) -> None:
+        live = models.live
+        if live is not None:
+            choose(live, [product_id])
+
+    heads.on_ready = head_ready
     captures = CaptureService(db, layout, camera, on_stored=fit_head)
+    if models.live:
+        choose(models.live, list(products.names()))  # made for another version, or never
     maps = MapStore(layout.maps, int(settings.inspection.keep_maps_mb * 2**20))
     inspections = InspectionService(db, models, products, metrics, bus,
                                     settings.inspection.keep_recent_maps,
@@ -89,6 +108,6 @@ def build_runtime(settings: Settings) -> Runtime:
     metrics.add_state(status.collect)
     register_fleet_metrics(metrics.registry, db, models, line)
     reviews = ReviewService(db, layout, inspections, products, captures, bus)
-    removal = ProductRemoval(db, products, captures, inspections, jobs, bus)
+    removal = ProductRemoval(db, products, captures, inspections, jobs, bus, heads)
     return Runtime(settings, bus, metrics, models, products, captures, inspections, jobs, line,
                    status, camera, reviews, removal, heads, health)

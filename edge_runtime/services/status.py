@@ -109,7 +109,10 @@ class StatusService:
 
     def _served_by(self, product: dict) -> str | None:
         """Who would answer an inspection of ``product`` now (None: nobody yet)."""
-        if product["trained"]:
-            return STUDENT
         head = self.heads.head(product["id"]) if self.heads else None
+        if product["trained"]:
+            live = self.registry.live
+            chosen = head is not None and live is not None and self.heads.serves(
+                product["id"], live.version)
+            return head.kind if chosen else STUDENT
         return head.kind if head is not None else None

@@ -1,0 +1,100 @@
+"""The choice between a trained product's student and its memory-bank head: the rule, the
+synthetic defects it is made on, and the head service making it in a child process on a
+real trained model and a real head."""
+
+from __future__ import annotations
+
+import time
+
+import numpy as np
+import pytest
+
+from edge_runtime import dataset
+from edge_runtime.evaluation import serving_choice as sc
+from edge_runtime.evaluation.synthetic import misplaced_part, synthetic_anomaly
+from edge_runtime.inference.preprocess import load_rgb
+
+
+def test_selection_set_is_seeded_and_labels_every_defect(data_root):
+    normals = [load_rgb(p, 128) for p in dataset.train_images(data_root, "bottle", limit=3)]
+    images, masks, labels = sc.selection_set(normals, seed=3)
+    again, masks_again, _ = sc.selection_set(normals, seed=3)
+    assert np.array_equal(images, again) and np.array_equal(masks, masks_again)
+    assert len(images) == 3 * (1 + sc.DEFECTS_PER_IMAGE) and labels.sum() == 6
+    assert not masks[:3].any() and all(m.any() for m in masks[3:])
+    changed = [(images[i] != normals[i % 3]).any(axis=-1) for i in range(3, 9)]
+    assert not any((c & ~m).any() for c, m in zip(changed, masks[3:], strict=True))
+
+
+def test_a_misplaced_part_keeps_the_images_colours_and_moves_a_square():
+    rng = np.random.default_rng(0)
+    rgb = rng.integers(0, 255, (64, 64, 3), dtype=np.uint8)
+    out, mask = misplaced_part(rgb, rng)
+    assert 0.02 <= mask.mean() <= 0.09 and (out[mask] != rgb[mask]).any()
+    assert np.array_equal(out[~mask], rgb[~mask])
+    pasted, scar = synthetic_anomaly(rgb, np.random.default_rng(1))
+    assert pasted.dtype == np.uint8 and scar.any()
+
+
+def test_the_head_must_win_to_be_chosen():
+    same = {"student": {"score": 0.9}, "head": {"score": 0.9}}
+    assert sc.choose(same) == "student"
+    assert sc.choose({"student": {"score": 0.9}, "head": {"score": 0.91}}) == "head"
+    perfect = sc.evaluate(np.zeros((2, 4, 4)) + np.eye(4)[None], np.array([0.0, 1.0]),
+                          np.zeros((2, 4, 4), bool) | np.eye(4, dtype=bool)[None],
+                          np.array([False, True]))
+    assert perfect == {"pixel_auroc": 1.0, "image_auroc": 1.0, "score": 1.0}
+
+
+@pytest.fixture()
+def service(tmp_path, data_root, backbone_files):
+    from edge_runtime.model.onnx_export import export_features
+    from edge_runtime.model.torch_model import ModelSpec, build_parts
+    from edge_runtime.services.heads import HeadOptions, HeadService
+
+    spec = ModelSpec.paste()
+    trunk, teacher, _ = build_parts(spec, backbone_files)
+    service = HeadService(tmp_path / "heads", HeadOptions(max_bytes=300_000))
+    export_features(trunk, teacher, spec.feature_layers, 256, service.graph_path)
+    images = dataset.train_images(data_root, "bottle", limit=40)
+    assert service.request_fit(7, lambda: images).result(120)["status"] == "ready"
+    yield service, images
+    service.shutdown()
+
+
+def test_head_service_chooses_per_version_and_head_in_a_child(service, bottle_model):
+    service, images = service
+    version = bottle_model.name
+    choice = service.request_choice(7, bottle_model, lambda: images).result(180)
+    assert choice["version"] == version and choice["choice"] in ("student", "head")
+    assert choice["normals"] == 4 and choice["defects"] == 4 * sc.DEFECTS_PER_IMAGE
+    for path in ("student", "head"):
+        assert 0.0 <= choice[path]["pixel_auroc"] <= 1.0
+        assert 0.0 <= choice[path]["image_auroc"] <= 1.0
+    assert service._runner is None  # both graphs ran in the child
+    assert service.serves(7, version) == (choice["choice"] == "head")
+    assert service.request_choice(7, bottle_model, lambda: images) is None  # already made
+    assert service.status()["products"]["7"]["serving_choice"]["choice"] == choice["choice"]
+    assert not service.serves(7, "v999999")  # made for another version: the student
+    # a restart finds it; a refit of the head makes it stale
+    again = type(service)(service.root, service.options)
+    again.load_all()
+    assert again.serves(7, version) == service.serves(7, version)
+    time.sleep(0.01)
+    assert again.request_fit(7, lambda: images[:30]).result(120)["status"] == "ready"
+    assert again._current_choice(7, version) is None and not again.serves(7, version)
+    again.shutdown()
+
+
+def test_pinned_serving_and_a_product_without_a_head(service, bottle_model):
+    from dataclasses import replace
+
+    service, images = service
+    for serve, expected in (("head", True), ("student", False)):
+        pinned = type(service)(service.root, replace(service.options, serve=serve))
+        pinned.load_all()
+        assert pinned.serves(7, bottle_model.name) is expected
+        assert pinned.request_choice(7, bottle_model, lambda: images) is None
+        pinned.shutdown()
+    assert not service.serves(8, bottle_model.name)
+    assert service.request_choice(8, bottle_model, lambda: images) is None
