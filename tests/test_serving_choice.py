@@ -98,3 +98,24 @@ def test_pinned_serving_and_a_product_without_a_head(service, bottle_model):
         pinned.shutdown()
     assert not service.serves(8, bottle_model.name)
     assert service.request_choice(8, bottle_model, lambda: images) is None
+
+
+def test_no_comparison_means_the_student_and_status_says_why(service, tmp_path):
+    from edge_runtime.inference.model_dir import MERGED
+
+    service, images = service
+    broken = tmp_path / "v000042"
+    broken.mkdir()
+    (broken / MERGED).write_bytes(b"not an onnx graph")
+    failed = service.request_choice(7, broken, lambda: images).result(120)
+    assert failed["choice"] == "student"
+    assert failed["reason"].startswith("RuntimeError: no serving choice: ")
+    assert not service.serves(7, "v000042")
+    few = tmp_path / "v000043"
+    few.mkdir()
+    (few / MERGED).write_bytes(b"")
+    state = service.request_choice(7, few, lambda: images[:12]).result(60)
+    assert state["reason"] == "1 held-out captures; a choice needs 4"
+    reported = service.status()["products"]["7"]["serving_choice"]
+    assert reported["version"] == "v000043" and reported["choice"] == "student"
+

@@ -313,12 +313,9 @@ class HeadService:
         images = spread(captures(), options.max_images)
         _, held = H.holdout_split(len(images), 0.1, options.seed)  # neither path fitted on
         if len(held) < MIN_NORMALS:  # too few to tell: the student answers, and /status says why
-            choice = {"version": version_dir.name, "head_fitted_at": stamp, "choice": "student",
-                      "reason": f"{len(held)} held-out captures; a choice needs {MIN_NORMALS}"}
-            atomic_write_bytes(self.choice_path(product_id), json.dumps(choice).encode())
-            with self._lock:
-                self._choices[product_id] = choice
-            return choice
+            return self._student_because(product_id, version_dir.name, stamp,
+                                         f"{len(held)} held-out captures; a choice needs "
+                                         f"{MIN_NORMALS}")
         request = {"student_graph": str(version_dir / MERGED),
                    "features_graph": str(self.graph_path), "head": str(self.head_path(product_id)),
                    "image_size": options.image_size, "threads": options.threads,
@@ -334,14 +331,25 @@ class HeadService:
             choice = json.loads(self.choice_path(product_id).read_text())
         except _Superseded:
             return None
-        except Exception:  # noqa: BLE001 - the student keeps answering
+        except Exception as exc:  # noqa: BLE001 - the student answers; /status says why
             log.exception("serving choice for product %d", product_id)
-            return None
+            return self._student_because(product_id, version_dir.name, stamp,
+                                         f"{type(exc).__name__}: {exc}")
         with self._lock:
             self._choices[product_id] = choice
         log.info("product %d, %s: %s answers (student %.4f, head %.4f; %.1f s)", product_id,
                  version_dir.name, choice["choice"], choice["student"]["score"],
                  choice["head"]["score"], time.perf_counter() - started)
+        return choice
+
+    def _student_because(self, product_id: int, version: str, stamp: int,
+                         reason: str) -> dict:
+        """No comparison for this version and head: the student answers, and why is kept."""
+        choice = {"version": version, "head_fitted_at": stamp, "choice": "student",
+                  "reason": reason}
+        atomic_write_bytes(self.choice_path(product_id), json.dumps(choice).encode())
+        with self._lock:
+            self._choices[product_id] = choice
         return choice
 
     def _current_choice(self, product_id: int, version: str) -> dict | None:
