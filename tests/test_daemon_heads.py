@@ -8,6 +8,7 @@ import threading
 import time
 
 import httpx
+import pytest
 from prometheus_client.parser import text_string_to_metric_families
 
 from edge_runtime.daemon_process import Daemon
@@ -55,6 +56,14 @@ def test_head_serves_before_training_and_the_student_takes_over(tmp_path, data_r
         bad = daemon.inspect(product, defect).json()
         assert bad["head"] == "padim" and bad["score"] > first["score"]
         assert c.get(bad["map_url"]).status_code == 200
+        # an operator's threshold is on the scale of the path that answers when it is set
+        url = f"/products/{product}/threshold"
+        put = c.put(url, json={"image": first["threshold"] * 1.5}).json()
+        assert put["served_by"] == "padim" and put["threshold_override"]["set_for"] == "padim"
+        assert put["threshold_override"]["active"] is True
+        assert put["thresholds"]["image"] == pytest.approx(first["threshold"])
+        assert daemon.inspect(product, good).json()["threshold"] == pytest.approx(
+            first["threshold"] * 1.5)
 
         status = c.get("/status").json()
         assert status["products"][0]["served_by"] == "padim"
@@ -105,5 +114,13 @@ def test_head_serves_before_training_and_the_student_takes_over(tmp_path, data_r
         assert after["head"] == chosen
         assert after["model_version"] == ("head-padim" if chosen == "padim" else job["version"])
         assert c.get("/status").json()["products"][0]["served_by"] == chosen
+        # the head's override decides only the head's verdicts, never the student's
+        view = c.get(f"/products/{product}").json()
+        assert view["served_by"] == chosen and view["trained"] is True
+        assert view["threshold_override"]["active"] is (chosen == "padim")
+        in_use = (view["threshold_override"]["image"] if chosen == "padim"
+                  else view["thresholds"]["image"])
+        assert after["threshold"] == pytest.approx(in_use)
+        assert c.delete(url).status_code == 200
     finally:
         daemon.stop()

@@ -272,4 +272,6 @@ def test_a_version_2_database_gains_the_new_columns(tmp_path):
         assert "name" in columns
         assert {row[1] for row in conn.execute("PRAGMA table_info(inspections)")} >= {
             "label", "map_file"}
+        assert "threshold_override_for" in {
+            row[1] for row in conn.execute("PRAGMA table_info(products)")}
         assert conn.execute("PRAGMA user_version").fetchone()[0] == 3

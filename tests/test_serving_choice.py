@@ -119,3 +119,22 @@ def test_no_comparison_means_the_student_and_status_says_why(service, tmp_path):
     reported = service.status()["products"]["7"]["serving_choice"]
     assert reported["version"] == "v000043" and reported["choice"] == "student"
 
+
+
+def test_an_override_decides_only_the_path_it_was_set_for():
+    from edge_runtime.inference.thresholds import Thresholds
+    from edge_runtime.services.inspection import Answerer, InspectionService
+
+    head = Answerer(None, Thresholds(8.0, 9.0), "head-padim", "padim")
+    student = Answerer(None, Thresholds(0.01, 0.02), "v000001", "student")
+    service = InspectionService.__new__(InspectionService)
+
+    def decided(path: Answerer, set_for: str | None) -> float:
+        service.calibrated = lambda product: path
+        product = {"image_threshold_override": 12.0, "pixel_threshold_override": None,
+                   "threshold_override_for": set_for}
+        return service.answerer(product).thresholds.image
+
+    assert decided(head, "padim") == 12.0 and decided(student, "padim") == 0.01
+    assert decided(student, "student") == 12.0 and decided(head, "student") == 8.0
+    assert decided(student, None) == 12.0 and decided(head, None) == 8.0  # untagged: student's

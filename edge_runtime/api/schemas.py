@@ -30,6 +30,13 @@ class CalibratedThresholds(Thresholds):
                                           "they were calibrated on")
 
 
+class ThresholdOverride(Thresholds):
+    set_for: str | None = Field(default=None, description="who answered when it was set "
+                                "(student or a head's kind): it applies only to that path's "
+                                "scores")
+    active: bool = Field(default=False, description="set, and the path it was set for answers")
+
+
 class ProductOut(BaseModel):
     id: int
     name: str
@@ -37,8 +44,11 @@ class ProductOut(BaseModel):
     created_at: float
     captures: int
     trained: bool
-    thresholds: CalibratedThresholds | None = None
-    threshold_override: Thresholds
+    served_by: str | None = Field(default=None, description="who answers now: student, a "
+                                  "head's kind, or nobody yet")
+    thresholds: CalibratedThresholds | None = Field(
+        default=None, description="the calibration of the path that answers now")
+    threshold_override: ThresholdOverride
 
 
 class CaptureOut(BaseModel):

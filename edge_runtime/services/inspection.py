@@ -9,14 +9,14 @@ import logging
 import threading
 import time
 from concurrent.futures import ThreadPoolExecutor
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, replace
 
 import numpy as np
 
 from edge_runtime.inference.inferencer import AnomalyInferencer
 from edge_runtime.inference.thresholds import REJECT, Thresholds
 from edge_runtime.services import events
-from edge_runtime.services.errors import GoneError, found
+from edge_runtime.services.errors import GoneError, NotTrainedError, found
 from edge_runtime.services.heads import HeadService
 from edge_runtime.services.health import Health
 from edge_runtime.services.map_store import MapStore, RecentMap
@@ -84,24 +84,41 @@ class InspectionService:
         self._keep = keep_recent_maps
 
     def answerer(self, product: dict) -> Answerer:
+        """Who answers (``calibrated``), with the operator's threshold override when it was
+        set on that path's scores: a head's and the student's scores are on other scales,
+        so an override set for one never decides the other's verdicts (one set before
+        overrides were tagged was set on the student's)."""
+        path = self.calibrated(product)
+        if (product.get("threshold_override_for") or STUDENT) != path.head:
+            return path
+        overrides = product["image_threshold_override"], product["pixel_threshold_override"]
+        return replace(path, thresholds=path.thresholds.overridden(*overrides))
+
+    def calibrated(self, product: dict) -> Answerer:
         """The student once the live model knows the product, unless the product's
         memory-bank head was chosen over it (HeadService.serves); before training the head;
-        NotTrainedError (409) when neither exists yet."""
+        NotTrainedError (409) when neither exists yet. Calibrated thresholds only."""
         live = self.registry.live  # one reference for the whole request: swaps can't break it
         calibrated = live.thresholds(product["name"]) if live else None
-        overrides = product["image_threshold_override"], product["pixel_threshold_override"]
         trained = live is not None and calibrated is not None
         head = None
         if self.heads and (not trained or self.heads.serves(product["id"], live.version)):
             head = self.heads.inferencer(product["id"])
         if head is not None and head.head.thresholds is not None:
-            return Answerer(head, head.head.thresholds.overridden(*overrides),
-                            f"head-{head.head.kind}", head.head.kind)
+            return Answerer(head, head.head.thresholds, f"head-{head.head.kind}",
+                            head.head.kind)
         if not trained:
             self.products.thresholds(product)  # raises NotTrainedError, the usual message
         assert live is not None and calibrated is not None
-        return Answerer(live.inferencer, calibrated.overridden(*overrides), live.version,
-                        STUDENT)
+        return Answerer(live.inferencer, calibrated, live.version, STUDENT)
+
+    def serving(self, product: dict) -> tuple[str, Thresholds] | None:
+        """(who answers, its calibrated thresholds) for views; None before any answerer."""
+        try:
+            path = self.calibrated(product)
+        except NotTrainedError:
+            return None
+        return path.head, path.thresholds
 
     def inspect(self, product: dict, data: bytes | np.ndarray,
                 source: str = "upload") -> InspectionRecord:

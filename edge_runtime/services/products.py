@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from collections.abc import Callable
+
 from edge_runtime.inference.thresholds import Thresholds
 from edge_runtime.services.errors import NotTrainedError, ProductExistsError, found
 from edge_runtime.services.models import ModelRegistry
@@ -14,6 +16,9 @@ SQLITE_MAX_ID = 2**63 - 1
 class ProductService:
     def __init__(self, db: Database, registry: ModelRegistry) -> None:
         self.db, self.registry = db, registry
+        # (who answers, its calibrated thresholds): InspectionService.serving, set by the
+        # runtime (a head may answer before training or instead of the student)
+        self.serving: Callable[[dict], tuple[str, Thresholds] | None] | None = None
 
     def get(self, product_id: int) -> dict:
         with self.db.connect(write=False) as conn:
@@ -44,8 +49,11 @@ class ProductService:
         return [self.view(p) for p in products]
 
     def set_override(self, product_id: int, image: float | None, pixel: float | None) -> dict:
+        """Values on the scale of the path that answers now, and recorded as such."""
+        serving = self.serving(self.get(product_id)) if self.serving else None
+        answerer = serving[0] if serving and (image is not None or pixel is not None) else None
         with self.db.connect() as conn:
-            repo.set_threshold_override(conn, product_id, image, pixel)
+            repo.set_threshold_override(conn, product_id, image, pixel, answerer)
         return self.view(self.get(product_id))
 
     def is_trained(self, product: dict) -> bool:
@@ -64,14 +72,23 @@ class ProductService:
     def view(self, product: dict) -> dict:
         with self.db.connect(write=False) as conn:
             captures = repo.count_captures(conn, product["id"])
-        calibrated = self.registry.thresholds(product["name"])
+        trained = self.registry.thresholds(product["name"]) is not None
+        serving = self.serving(product) if self.serving else None
+        who, calibrated = serving or (None, None)
+        if not self.serving and trained:
+            who, calibrated = "student", self.registry.thresholds(product["name"])
+        image, pixel = product["image_threshold_override"], product["pixel_threshold_override"]
+        overridden = image is not None or pixel is not None
+        # untagged (set before overrides were tagged): taken as the student's, the usual case
+        set_for = (product.get("threshold_override_for") or "student") if overridden else None
         return {
             "id": product["id"], "name": product["name"],
             "description": product["description"], "created_at": product["created_at"],
-            "captures": captures, "trained": calibrated is not None,
+            "captures": captures, "trained": trained, "served_by": who,
             "thresholds": calibrated and {"image": calibrated.image, "pixel": calibrated.pixel,
                                           "normal_scores": list(calibrated.normal_scores),
                                           "warning": calibrated.warning},
-            "threshold_override": {"image": product["image_threshold_override"],
-                                   "pixel": product["pixel_threshold_override"]},
+            "threshold_override": {
+                "image": image, "pixel": pixel, "set_for": set_for,
+                "active": overridden and set_for == who},
         }

@@ -102,6 +102,7 @@ def build_runtime(settings: Settings) -> Runtime:
                                     settings.inspection.keep_recent_maps,
                                     settings.inspection.keep_records, maps, heads=heads,
                                     health=health)
+    products.serving = inspections.serving
     line = LineService(settings.serial, products, camera, inspections)
     status = StatusService(settings, models, products, jobs, inspections, camera, line, heads,
                            health)

@@ -26,7 +26,8 @@ CREATE TABLE IF NOT EXISTS products (
     description TEXT NOT NULL DEFAULT '',
     created_at REAL NOT NULL,
     image_threshold_override REAL,
-    pixel_threshold_override REAL
+    pixel_threshold_override REAL,
+    threshold_override_for TEXT  -- who answered when it was set (student / a head's kind)
 );
 CREATE TABLE IF NOT EXISTS captures (
     id INTEGER PRIMARY KEY AUTOINCREMENT,
@@ -85,6 +86,7 @@ ADDED_COLUMNS = [
     ("jobs", "result", "TEXT"),
     ("inspections", "label", "TEXT"),
     ("inspections", "map_file", "TEXT"),
+    ("products", "threshold_override_for", "TEXT"),
 ]
 # product names are unique whatever their case ("Bottle" is "bottle")
 NAME_INDEX = ("CREATE UNIQUE INDEX IF NOT EXISTS products_name_nocase "

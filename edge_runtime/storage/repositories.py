@@ -42,10 +42,12 @@ def list_products(conn: sqlite3.Connection) -> list[Row]:
     return [dict(r) for r in conn.execute("SELECT * FROM products ORDER BY id")]
 
 
-def set_threshold_override(conn, product_id: int, image: float | None, pixel: float | None):
+def set_threshold_override(conn, product_id: int, image: float | None, pixel: float | None,
+                           answerer: str | None = None):
+    """``answerer``: the path whose score scale the values are on (student / a head's kind)."""
     conn.execute(
-        "UPDATE products SET image_threshold_override = ?, pixel_threshold_override = ? "
-        "WHERE id = ?", (image, pixel, product_id),
+        "UPDATE products SET image_threshold_override = ?, pixel_threshold_override = ?, "
+        "threshold_override_for = ? WHERE id = ?", (image, pixel, answerer, product_id),
     )
 
 

@@ -127,11 +127,12 @@ function connect() {
 async function loadProducts() {
   state.products = await api("GET", "/products");
   $("#products tbody").innerHTML = state.products.map((p) => {
-    const t = p.threshold_override.image ?? (p.thresholds && p.thresholds.image);
+    const override = p.threshold_override.active ? p.threshold_override.image : null;
+    const t = override ?? (p.thresholds && p.thresholds.image);
     return `<tr data-id="${p.id}" class="${p.id === state.selected ? "selected" : ""}">
       <td>${esc(p.name)}</td><td class="count">${p.captures}</td>
       <td>${p.trained ? "yes" : "no"}</td>
-      <td>${t ? fmt(t) : "–"}${p.threshold_override.image ? " (operator)" : ""}</td>
+      <td>${t ? fmt(t) : "–"}${override ? " (operator)" : ""}</td>
       <td><button class="small" data-open="${p.id}">Open</button></td></tr>`;
   }).join("");
   for (const sel of ["#teach-product", "#thr-product"]) {
@@ -336,16 +337,23 @@ async function loadThreshold() {
   const page = await api("GET", `/inspections?product_id=${id}&limit=200`);
   const t = state.thr;
   t.product = p;
-  t.scores = page.inspections.map((i) => i.score);
+  // only the scores of the path that answers now: a head's and the student's differ in scale
+  const head = Boolean(p.served_by) && p.served_by !== "student";
+  t.scores = page.inspections
+    .filter((i) => head === String(i.model_version).startsWith("head-"))
+    .map((i) => i.score);
   t.normals = p.thresholds ? p.thresholds.normal_scores || [] : [];
   t.calibrated = p.thresholds ? p.thresholds.image : null;
-  t.current = p.threshold_override.image || t.calibrated;
+  const override = p.threshold_override.active ? p.threshold_override.image : null;
+  t.current = override || t.calibrated;
   t.value = t.current;
   t.max = Math.max(...t.scores, ...t.normals, (t.current || 0) * 2, 1e-6) * 1.1;
   $("#thr-current").textContent = !t.current ? "not trained yet"
-    : p.threshold_override.image
+    : override
       ? `in use: ${fmt(t.current)} set by the operator (calibrated: ${fmt(t.calibrated)})`
-      : `in use: ${fmt(t.current)}, calibrated at the last training`;
+      : `in use: ${fmt(t.current)}, calibrated (answered by the ${p.served_by})` +
+        (p.threshold_override.image ? `; the override of ${fmt(p.threshold_override.image)} ` +
+          `was set for the ${p.threshold_override.set_for}, which does not answer now` : "");
   setThreshold(t.value || t.max / 2);
 }
 loaders.threshold = loadThreshold;
