@@ -351,7 +351,8 @@ async function loadThreshold() {
   $("#thr-current").textContent = !t.current ? "not trained yet"
     : override
       ? `in use: ${fmt(t.current)} set by the operator (calibrated: ${fmt(t.calibrated)})`
-      : `in use: ${fmt(t.current)}, calibrated (answered by the ${p.served_by})` +
+      : `in use: ${fmt(t.current)}, calibrated (answered by the ` +
+        `${p.served_by === "student" ? "student" : `${p.served_by} head`})` +
         (p.threshold_override.image ? `; the override of ${fmt(p.threshold_override.image)} ` +
           `was set for the ${p.threshold_override.set_for}, which does not answer now` : "");
   setThreshold(t.value || t.max / 2);
