@@ -19,6 +19,7 @@ from __future__ import annotations
 
 import json
 import logging
+import os
 import subprocess
 import sys
 import threading
@@ -82,6 +83,7 @@ class HeadService:
         self._state: dict[int, dict] = {}
         self._queued: dict[int, Future] = {}
         self._choices: dict[int, dict] = {}  # product id -> the last serving choice made
+        self._stamps: dict[int, int] = {}  # product id -> its head file's mtime (ns)
         self._choosing: dict[int, int] = {}  # product id -> generation of its queued choice
         self._pending: set[int] = set()  # products whose choice is queued or running
         self.on_ready: Callable[[int], None] | None = None  # a head was fitted
@@ -153,7 +155,7 @@ class HeadService:
                 continue
             try:
                 head = H.Head.load(path)
-                self._publish(int(path.stem), head, path.stat().st_size, None)
+                self._publish(int(path.stem), head, path.stat(), None)
                 found += 1
             except (H.HeadError, OSError) as exc:
                 log.warning("ignoring head %s: %s", path.name, exc)
@@ -205,9 +207,10 @@ class HeadService:
                        "held": [str(images[i]) for i in held], "captures": len(images)}
             self._run_child(request, lambda: self._generation.get(product_id) != generation)
             path = self.head_path(product_id)
-            size, seconds = path.stat().st_size, time.perf_counter() - started
-            self._publish(product_id, H.Head.load(path), size, seconds)
-            log.info("head for product %d ready: %d bytes, %.1f s", product_id, size, seconds)
+            file, seconds = path.stat(), time.perf_counter() - started
+            self._publish(product_id, H.Head.load(path), file, seconds)
+            log.info("head for product %d ready: %d bytes, %.1f s", product_id, file.st_size,
+                     seconds)
             if self.on_ready:
                 self.on_ready(product_id)
         except _Superseded:
@@ -244,11 +247,13 @@ class HeadService:
             raise RuntimeError(f"{failure}: "
                                f"{_last_line(errors, child.returncode)}")
 
-    def _publish(self, product_id: int, head: H.Head, size: int,
+    def _publish(self, product_id: int, head: H.Head, file: os.stat_result,
                  seconds: float | None) -> None:
         with self._lock:
             self._heads[product_id] = head
-            self._state[product_id] = {"status": "ready", "kind": head.kind, "bytes": size,
+            self._stamps[product_id] = file.st_mtime_ns
+            self._state[product_id] = {"status": "ready", "kind": head.kind,
+                                       "bytes": file.st_size,
                                        "captures": head.meta.get("captures"),
                                        "fit_seconds": None if seconds is None
                                        else round(seconds, 3), "fitted_at": time.time()}
@@ -265,16 +270,15 @@ class HeadService:
             self._heads.pop(product_id, None)
             self._state.pop(product_id, None)
             self._choices.pop(product_id, None)
+            self._stamps.pop(product_id, None)
         self.head_path(product_id).unlink(missing_ok=True)
         self.choice_path(product_id).unlink(missing_ok=True)
 
     # ---- the serving choice of trained products
     def _head_stamp(self, product_id: int) -> int | None:
-        """Which head file a choice was made on (a refit makes the choice stale)."""
-        try:
-            return self.head_path(product_id).stat().st_mtime_ns
-        except OSError:
-            return None
+        """Which head file a choice was made on (a refit makes the choice stale); noted
+        when the head is published, so inspections never stat the file."""
+        return self._stamps.get(product_id)
 
     def request_choice(self, product_id: int, version_dir: Path,
                        captures: Callable[[], list[Path]]) -> Future | None:

@@ -13,15 +13,16 @@ from dataclasses import asdict, dataclass, replace
 
 import numpy as np
 
+from edge_runtime.inference.heads import Head
 from edge_runtime.inference.inferencer import AnomalyInferencer
 from edge_runtime.inference.thresholds import REJECT, Thresholds
 from edge_runtime.services import events
-from edge_runtime.services.errors import GoneError, NotTrainedError, found
+from edge_runtime.services.errors import GoneError, found
 from edge_runtime.services.heads import HeadService
 from edge_runtime.services.health import Health
 from edge_runtime.services.map_store import MapStore, RecentMap
 from edge_runtime.services.metrics import Metrics
-from edge_runtime.services.models import ModelRegistry
+from edge_runtime.services.models import LiveModel, ModelRegistry
 from edge_runtime.services.products import ProductService
 from edge_runtime.storage import repositories as repo
 from edge_runtime.storage.db import Database, StorageFullError
@@ -94,31 +95,37 @@ class InspectionService:
         overrides = product["image_threshold_override"], product["pixel_threshold_override"]
         return replace(path, thresholds=path.thresholds.overridden(*overrides))
 
-    def calibrated(self, product: dict) -> Answerer:
-        """The student once the live model knows the product, unless the product's
-        memory-bank head was chosen over it (HeadService.serves); before training the head;
-        NotTrainedError (409) when neither exists yet. Calibrated thresholds only."""
+    def _route(self, product: dict) -> tuple[LiveModel | None, Thresholds | None, Head | None]:
+        """(live model, the student's calibration or None, the head if it answers): the
+        student once the live model knows the product, unless the product's memory-bank
+        head was chosen over it (HeadService.serves); before training the head."""
         live = self.registry.live  # one reference for the whole request: swaps can't break it
         calibrated = live.thresholds(product["name"]) if live else None
-        trained = live is not None and calibrated is not None
-        head = None
-        if self.heads and (not trained or self.heads.serves(product["id"], live.version)):
-            head = self.heads.inferencer(product["id"])
-        if head is not None and head.head.thresholds is not None:
-            return Answerer(head, head.head.thresholds, f"head-{head.head.kind}",
-                            head.head.kind)
-        if not trained:
+        head = self.heads.head(product["id"]) if self.heads else None
+        if head is None or head.thresholds is None:
+            return live, calibrated, None
+        if calibrated is not None and not self.heads.serves(product["id"], live.version):
+            return live, calibrated, None
+        return live, calibrated, head
+
+    def calibrated(self, product: dict) -> Answerer:
+        """Who answers, with its calibrated thresholds only; NotTrainedError (409) when
+        neither the student nor a head knows the product yet."""
+        live, calibrated, head = self._route(product)
+        inferencer = self.heads.inferencer(product["id"]) if head is not None else None
+        if inferencer is not None:
+            return Answerer(inferencer, head.thresholds, f"head-{head.kind}", head.kind)
+        if live is None or calibrated is None:
             self.products.thresholds(product)  # raises NotTrainedError, the usual message
-        assert live is not None and calibrated is not None
         return Answerer(live.inferencer, calibrated, live.version, STUDENT)
 
     def serving(self, product: dict) -> tuple[str, Thresholds] | None:
-        """(who answers, its calibrated thresholds) for views; None before any answerer."""
-        try:
-            path = self.calibrated(product)
-        except NotTrainedError:
-            return None
-        return path.head, path.thresholds
+        """(who answers, its calibrated thresholds) for views, without opening a session;
+        None before anything can answer."""
+        _, calibrated, head = self._route(product)
+        if head is not None:
+            return head.kind, head.thresholds
+        return (STUDENT, calibrated) if calibrated is not None else None
 
     def inspect(self, product: dict, data: bytes | np.ndarray,
                 source: str = "upload") -> InspectionRecord:

@@ -72,11 +72,10 @@ class ProductService:
     def view(self, product: dict) -> dict:
         with self.db.connect(write=False) as conn:
             captures = repo.count_captures(conn, product["id"])
-        trained = self.registry.thresholds(product["name"]) is not None
-        serving = self.serving(product) if self.serving else None
+        student = self.registry.thresholds(product["name"])
+        serving = (self.serving(product) if self.serving
+                   else ("student", student) if student else None)  # without the heads
         who, calibrated = serving or (None, None)
-        if not self.serving and trained:
-            who, calibrated = "student", self.registry.thresholds(product["name"])
         image, pixel = product["image_threshold_override"], product["pixel_threshold_override"]
         overridden = image is not None or pixel is not None
         # untagged (set before overrides were tagged): taken as the student's, the usual case
@@ -84,7 +83,7 @@ class ProductService:
         return {
             "id": product["id"], "name": product["name"],
             "description": product["description"], "created_at": product["created_at"],
-            "captures": captures, "trained": trained, "served_by": who,
+            "captures": captures, "trained": student is not None, "served_by": who,
             "thresholds": calibrated and {"image": calibrated.image, "pixel": calibrated.pixel,
                                           "normal_scores": list(calibrated.normal_scores),
                                           "warning": calibrated.warning},

@@ -79,24 +79,23 @@ def build_runtime(settings: Settings) -> Runtime:
         if settings.heads.auto_fit and may_serve:
             heads.request_fit(product["id"], lambda: captures.paths(product["id"]))
 
-    def choose(live, product_ids) -> None:
+    def choose(live, only: int | None = None) -> None:
         """Student or head, per trained product of ``live`` (heads.serve = auto)."""
-        names = products.names()
-        for pid in product_ids:
-            if names.get(pid) in live.manifest.thresholds:
+        for pid, name in products.names().items():
+            if only in (None, pid) and name in live.manifest.thresholds:
                 heads.request_choice(pid, live.directory, lambda p=pid: captures.paths(p))
 
-    models.on_live(lambda live: choose(live, list(products.names())))
+    models.on_live(choose)
 
     def head_ready(product_id: int) -> None:
         live = models.live
         if live is not None:
-            choose(live, [product_id])
+            choose(live, product_id)
 
     heads.on_ready = head_ready
     captures = CaptureService(db, layout, camera, on_stored=fit_head)
     if models.live:
-        choose(models.live, list(products.names()))  # made for another version, or never
+        choose(models.live)  # made for another version, or never
     maps = MapStore(layout.maps, int(settings.inspection.keep_maps_mb * 2**20))
     inspections = InspectionService(db, models, products, metrics, bus,
                                     settings.inspection.keep_recent_maps,

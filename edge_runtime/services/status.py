@@ -14,7 +14,7 @@ from edge_runtime.memory import peak_rss_mb
 from edge_runtime.replay.accounting import read_accounting
 from edge_runtime.services.heads import HeadService
 from edge_runtime.services.health import Health
-from edge_runtime.services.inspection import STUDENT, InspectionService
+from edge_runtime.services.inspection import InspectionService
 from edge_runtime.services.jobs import JobManager
 from edge_runtime.services.line import LineService
 from edge_runtime.services.models import ModelRegistry
@@ -85,7 +85,7 @@ class StatusService:
             "version": edge_runtime.__version__,
             "model_version": live.version if live else None,
             "products": [{"id": p["id"], "name": p["name"], "trained": p["trained"],
-                          "served_by": self._served_by(p)} for p in self.products.list()],
+                          "served_by": p["served_by"]} for p in self.products.list()],
             "job": {k: job[k] for k in JOB_KEYS} if job else None,
             "uptime_seconds": round(time.time() - self.started_at, 1),
             "rss_mb": round(psutil.Process().memory_info().rss / 2**20, 1),
@@ -107,12 +107,3 @@ class StatusService:
             status["serial_bridge"] = line
         return status
 
-    def _served_by(self, product: dict) -> str | None:
-        """Who would answer an inspection of ``product`` now (None: nobody yet)."""
-        head = self.heads.head(product["id"]) if self.heads else None
-        if product["trained"]:
-            live = self.registry.live
-            chosen = head is not None and live is not None and self.heads.serves(
-                product["id"], live.version)
-            return head.kind if chosen else STUDENT
-        return head.kind if head is not None else None
