@@ -336,13 +336,12 @@ def run_recipe(recipe: Recipe, feats, eval_sets: list, seed: int, selection=None
 
 
 def _select(paths: dict, selection: tuple) -> dict:
-    """The daemon's rule (serving_choice.choose) on the selection set's trunk features."""
+    """The daemon's rule (serving_choice.decide) on the selection set's trunk features."""
     from edge_runtime.evaluation import serving_choice
 
     feats, masks, labels = selection
-    results = {name: serving_choice.evaluate(*paths[name](feats), masks, labels)
-               for name in (serving_choice.STUDENT, serving_choice.HEAD)}
-    return {"choice": serving_choice.choose(results), **results}
+    outputs = {name: paths[name](feats) for name in (serving_choice.STUDENT, serving_choice.HEAD)}
+    return serving_choice.decide(outputs, masks, labels, int((~labels).sum()))
 
 
 def selection_features(cache: FeatureCache, images: list, size: int, seed: int):
@@ -354,7 +353,7 @@ def selection_features(cache: FeatureCache, images: list, size: int, seed: int):
     from edge_runtime.inference.preprocess import load_rgb, normalise
 
     rgb, masks, labels = selection_set([load_rgb(p, size) for p in images], seed)
-    key = f"select|{seed}|" + "|".join(map(str, images))
+    key = f"select|{hashlib.sha1(rgb.tobytes()).hexdigest()}"  # changes with the generator
     feats = cache.arrays(key, lambda: np.stack([normalise(image) for image in rgb]))
     return feats, masks, labels
 
@@ -377,11 +376,11 @@ def validation_set(cache: FeatureCache, images: list, size: int, seed: int,
     """Held-out normals + one synthetic anomaly made from each of them."""
     import numpy as np
 
-    from edge_runtime.evaluation.synthetic import synthetic_anomaly
+    from edge_runtime.evaluation.synthetic import VERSION, synthetic_anomaly
     from edge_runtime.inference.preprocess import load_rgb, normalise
 
     normal = cache.images(images)
-    key = f"{seed}|{structural}|" + "|".join(map(str, images))
+    key = f"{seed}|{structural}|v{VERSION}|" + "|".join(map(str, images))
     masks_path = cache._path("mask3|" + key)
 
     def make():

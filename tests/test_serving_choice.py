@@ -4,14 +4,23 @@ real trained model and a real head."""
 
 from __future__ import annotations
 
+import json
 import time
 
 import numpy as np
 import pytest
 
 from edge_runtime import dataset
+from edge_runtime.evaluation import metrics
 from edge_runtime.evaluation import serving_choice as sc
-from edge_runtime.evaluation.synthetic import misplaced_part, synthetic_anomaly
+from edge_runtime.evaluation.synthetic import (
+    VISIBLE,
+    deformed_part,
+    misplaced_part,
+    missing_part,
+    structural_defect,
+    synthetic_anomaly,
+)
 from edge_runtime.inference.preprocess import load_rgb
 
 
@@ -20,9 +29,10 @@ def test_selection_set_is_seeded_and_labels_every_defect(data_root):
     images, masks, labels = sc.selection_set(normals, seed=3)
     again, masks_again, _ = sc.selection_set(normals, seed=3)
     assert np.array_equal(images, again) and np.array_equal(masks, masks_again)
-    assert len(images) == 3 * (1 + sc.DEFECTS_PER_IMAGE) and labels.sum() == 6
+    made = 3 * sc.DEFECTS_PER_IMAGE
+    assert len(images) == 3 + made and labels.sum() == made
     assert not masks[:3].any() and all(m.any() for m in masks[3:])
-    changed = [(images[i] != normals[i % 3]).any(axis=-1) for i in range(3, 9)]
+    changed = [(images[i] != normals[i % 3]).any(axis=-1) for i in range(3, 3 + made)]
     assert not any((c & ~m).any() for c, m in zip(changed, masks[3:], strict=True))
 
 
@@ -36,14 +46,67 @@ def test_a_misplaced_part_keeps_the_images_colours_and_moves_a_square():
     assert pasted.dtype == np.uint8 and scar.any()
 
 
-def test_the_head_must_win_to_be_chosen():
-    same = {"student": {"score": 0.9}, "head": {"score": 0.9}}
-    assert sc.choose(same) == "student"
-    assert sc.choose({"student": {"score": 0.9}, "head": {"score": 0.91}}) == "head"
+def test_missing_and_bent_parts_change_only_what_their_masks_say(data_root):
+    rgb = load_rgb(dataset.train_images(data_root, "transistor", limit=1)[0], 128)
+    rng = np.random.default_rng(0)
+    for make in (missing_part, deformed_part, structural_defect):
+        for _ in range(5):
+            out, mask = make(rgb, rng)
+            assert out.dtype == np.uint8 and out.shape == rgb.shape
+            assert np.array_equal(out[~mask], rgb[~mask])  # nothing changed outside
+            change = np.abs(out.astype(int) - rgb).max(-1)
+            if make is not structural_defect:  # (a misplaced square's mask is the square)
+                assert (change[mask] > VISIBLE).all()  # every masked pixel visibly changed
+    # a bend on a flat image changes nothing; structural_defect then moves a part instead
+    flat = np.full((64, 64, 3), 90, np.uint8)
+    assert not deformed_part(flat, rng)[1].any()
+    flat[16:48, 16:48] = 200
+    assert structural_defect(flat, np.random.default_rng(4))[1].mean() > 0.004
+
+
+def _paths(student_gap: float, head_gap: float, captures: int = 20, seed: int = 0):
+    """Maps and scores of two paths on a selection set of ``captures`` normals: defects
+    lifted by ``*_gap`` above unit noise."""
+    rng = np.random.default_rng(seed)
+    n = captures * (1 + sc.DEFECTS_PER_IMAGE)
+    labels = np.arange(n) >= captures
+    masks = np.zeros((n, 16, 16), bool)
+    masks[labels, 4:10, 4:10] = True
+
+    def path(gap):
+        maps = rng.normal(size=masks.shape) + gap * masks
+        return maps, maps.reshape(n, -1).max(1)
+    return {"student": path(student_gap), "head": path(head_gap)}, masks, labels
+
+
+def test_the_student_answers_only_when_clearly_better():
+    outputs, masks, labels = _paths(2.0, 0.5)
+    clear = sc.decide(outputs, masks, labels, 20)
+    assert clear["choice"] == "student" and clear["student_better"] >= sc.CONFIDENCE
+    assert clear["student"]["score"] > clear["head"]["score"]
+    outputs, masks, labels = _paths(1.0, 1.0)
+    tie = sc.decide({"student": outputs["student"], "head": outputs["student"]}, masks,
+                    labels, 20)
+    assert tie["choice"] == "head" and tie["student_better"] == 0.0  # a tie: the cheaper
+    level = sc.decide(outputs, masks, labels, 20)  # the same quality, different noise
+    assert 0.0 < level["student_better"] < 1.0
+    assert sc.decide(outputs, masks, labels, 20) == level  # seeded resamples
+    assert sc.decide(*_paths(0.5, 2.0), 20)["student_better"] == 0.0
     perfect = sc.evaluate(np.zeros((2, 4, 4)) + np.eye(4)[None], np.array([0.0, 1.0]),
                           np.zeros((2, 4, 4), bool) | np.eye(4, dtype=bool)[None],
                           np.array([False, True]))
     assert perfect == {"pixel_auroc": 1.0, "image_auroc": 1.0, "score": 1.0}
+
+
+def test_resampled_auroc_with_unit_weights_is_the_auroc():
+    outputs, masks, labels = _paths(0.3, 0.3, captures=6)
+    maps, scores = outputs["student"]
+    source = np.arange(len(labels)) % 6
+    resampled = sc._Resampled(scores, labels, source)
+    assert resampled.auroc(np.ones(6)) == pytest.approx(metrics.auroc(labels, scores))
+    twice = np.r_[2.0, np.ones(5)]  # capture 0 drawn twice: its images count twice
+    heavy = np.r_[scores, scores[source == 0]], np.r_[labels, labels[source == 0]]
+    assert resampled.auroc(twice) == pytest.approx(metrics.auroc(heavy[1], heavy[0]))
 
 
 @pytest.fixture()
@@ -76,6 +139,15 @@ def test_head_service_chooses_per_version_and_head_in_a_child(service, bottle_mo
     assert service.request_choice(7, bottle_model, lambda: images) is None  # already made
     assert service.status()["products"]["7"]["serving_choice"]["choice"] == choice["choice"]
     assert not service.serves(7, "v999999")  # made for another version: the student
+    assert 0.0 <= choice["student_better"] <= 1.0 and choice["rule"] == sc.RULE
+    # a choice made under an earlier rule is made again after an upgrade
+    earlier = {k: v for k, v in choice.items() if k != "rule"}
+    service.choice_path(7).write_text(json.dumps(earlier))
+    upgraded = type(service)(service.root, service.options)
+    upgraded.load_all()
+    assert upgraded._current_choice(7, version) is None
+    upgraded.shutdown()
+    service.choice_path(7).write_text(json.dumps(choice))
     # a restart finds it; a refit of the head makes it stale
     again = type(service)(service.root, service.options)
     again.load_all()

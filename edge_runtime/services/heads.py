@@ -31,6 +31,7 @@ from pathlib import Path
 
 from edge_runtime.atomic import atomic_write_bytes
 from edge_runtime.dataset import spread
+from edge_runtime.evaluation.serving_choice import MIN_NORMALS, RULE
 from edge_runtime.inference import heads as H
 from edge_runtime.memory import trim_heap
 from edge_runtime.settings import Settings
@@ -307,7 +308,6 @@ class HeadService:
 
     def _make_choice(self, product_id: int, version_dir: Path,
                      captures: Callable[[], list[Path]], generation: int) -> dict | None:
-        from edge_runtime.evaluation.serving_choice import MIN_NORMALS
         from edge_runtime.inference.model_dir import MERGED
 
         options = self.options
@@ -341,25 +341,28 @@ class HeadService:
                                          f"{type(exc).__name__}: {exc}")
         with self._lock:
             self._choices[product_id] = choice
-        log.info("product %d, %s: %s answers (student %.4f, head %.4f; %.1f s)", product_id,
-                 version_dir.name, choice["choice"], choice["student"]["score"],
-                 choice["head"]["score"], time.perf_counter() - started)
+        log.info("product %d, %s: %s answers (student %.4f, head %.4f, student better in "
+                 "%.0f%% of resamples; %.1f s)", product_id, version_dir.name, choice["choice"],
+                 choice["student"]["score"], choice["head"]["score"],
+                 100 * choice["student_better"], time.perf_counter() - started)
         return choice
 
     def _student_because(self, product_id: int, version: str, stamp: int,
                          reason: str) -> dict:
         """No comparison for this version and head: the student answers, and why is kept."""
         choice = {"version": version, "head_fitted_at": stamp, "choice": "student",
-                  "reason": reason}
+                  "reason": reason, "rule": RULE}
         atomic_write_bytes(self.choice_path(product_id), json.dumps(choice).encode())
         with self._lock:
             self._choices[product_id] = choice
         return choice
 
     def _current_choice(self, product_id: int, version: str) -> dict | None:
+        """The choice made for this version, on this head, under today's rule."""
         choice = self._choices.get(product_id)
         if (choice is None or choice.get("version") != version
-                or choice.get("head_fitted_at") != self._head_stamp(product_id)):
+                or choice.get("head_fitted_at") != self._head_stamp(product_id)
+                or choice.get("rule") != RULE):
             return None
         return choice
 
@@ -403,7 +406,8 @@ class HeadService:
                 if str(pid) in products:
                     products[str(pid)]["serving_choice"] = {
                         k: choice.get(k) for k in ("version", "choice", "student", "head",
-                                                   "normals", "defects", "reason")
+                                                   "student_better", "normals", "defects",
+                                                   "reason")
                         if k in choice}
         return {"enabled": self.options.enabled, "kind": self.options.kind,
                 "serve": self.options.serve,
