@@ -193,12 +193,22 @@ class NormalityPrior:
         self.spec = spec
         embeddings = self.embed(train_feats)
         self.grid = int(round(math.sqrt(embeddings.shape[1])))
-        self.head = fit_head(embeddings, HeadConfig(covariance=covariance), spec.image_size,
-                             self.grid)
+        self.config = HeadConfig(covariance=covariance)
+        self.head = fit_head(embeddings, self.config, spec.image_size, self.grid)
         self.student_ref = None if hold_maps is None else float(np.quantile(hold_maps, 0.99))
         self.prior_ref = float(np.quantile(self.head.maps(self.embed(hold_feats))[0], 0.99))
         dim = int(self.head.meta["dim"])
         self.macs = self._macs(train_feats[:1], dim, covariance)
+
+    def out_of_fold(self, train_feats):
+        """Cross-fitted scores of the images it was fitted on, as the daemon's head fit
+        calibrates (inference/heads.py, cross_fitted_scores)."""
+        from edge_runtime.inference.heads import cross_fitted_scores
+
+        embeddings = self.embed(train_feats)
+        return cross_fitted_scores(lambda rows: [embeddings[rows]], len(embeddings),
+                                   embeddings.shape[-1], self.config, self.spec.image_size,
+                                   self.grid)
 
     def embed(self, feats, batch: int = 16):
         import numpy as np
@@ -281,6 +291,9 @@ def run_recipe(recipe: Recipe, feats, eval_sets: list, seed: int, selection=None
     synthetic defects made from them, as trunk features."""
     import time
 
+    import numpy as np
+
+    from edge_runtime.inference.heads import CROSS_FIT_FOLDS
     from edge_runtime.inference.thresholds import calibrate
     from edge_runtime.model.macs import inference_macs
     from edge_runtime.model.torch_model import PasteModel, build_parts
@@ -319,6 +332,8 @@ def run_recipe(recipe: Recipe, feats, eval_sets: list, seed: int, selection=None
         info["selection"] = served
         served = served["choice"]
     hold_maps, hold_scores = paths[served](feats[hold_idx])
+    if served == "head" and len(train_idx) >= 4 * CROSS_FIT_FOLDS:  # as the daemon's head
+        hold_scores = np.r_[hold_scores, head.out_of_fold(feats[train_idx])]
     thresholds = calibrate(hold_maps, hold_scores, recipe.policy())
     rows = []
     for feats_eval, masks, labels, fast in eval_sets:

@@ -49,6 +49,27 @@ def bottle(runner, data_root) -> dict:
     }
 
 
+def test_cross_fitted_scores_come_from_heads_fitted_without_them(bottle, runner):
+    config = H.HeadConfig(max_bytes=2**40)
+    fitted, held = bottle["train"][:25], bottle["train"][25:]
+    asked = []
+
+    def batches(rows):
+        asked.append(rows)
+        return [fitted[rows]]
+
+    scores = H.cross_fitted_scores(batches, 25, fitted.shape[-1], config, SIZE, runner.grid)
+    assert len(asked) == 2 * H.CROSS_FIT_FOLDS  # each fold: fit without it, score it
+    mine = np.arange(25) % H.CROSS_FIT_FOLDS == 2
+    without = H.fit_head(fitted[~mine], config, SIZE, runner.grid)
+    assert np.allclose(scores[mine], without.maps(fitted[mine])[1], rtol=1e-5)
+    head = H.fit_head(fitted, config, SIZE, runner.grid)
+    assert np.median(scores) > np.median(head.maps(fitted)[1])  # unseen: not flattered
+    thresholds = H.calibrate_head(head, held, scores)
+    assert thresholds.normal_count == 30 and thresholds.method == "log-normal"
+    assert thresholds.image >= max(scores)
+
+
 def test_features_graph_has_the_teacher_layers_and_normalised_patches(runner, features_graph):
     from edge_runtime.inference.inferencer import open_session
 

@@ -121,6 +121,8 @@ def service(tmp_path, data_root, backbone_files):
     export_features(trunk, teacher, spec.feature_layers, 256, service.graph_path)
     images = dataset.train_images(data_root, "bottle", limit=40)
     assert service.request_fit(7, lambda: images).result(120)["status"] == "ready"
+    # calibrated on its 4 held-out captures and the 36 fitted ones' cross-fitted scores
+    assert service.head(7).thresholds.normal_count == 40
     yield service, images
     service.shutdown()
 
