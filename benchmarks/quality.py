@@ -206,9 +206,10 @@ class NormalityPrior:
         from edge_runtime.inference.heads import cross_fitted_scores
 
         embeddings = self.embed(train_feats)
-        return cross_fitted_scores(lambda rows: [embeddings[rows]], len(embeddings),
-                                   embeddings.shape[-1], self.config, self.spec.image_size,
-                                   self.grid)
+        scores = cross_fitted_scores(lambda rows: [embeddings[rows]], len(embeddings),
+                                     embeddings.shape[-1], self.config, self.spec.image_size,
+                                     self.grid)
+        return () if scores is None else scores  # too few images: the held-out ones alone
 
     def embed(self, feats, batch: int = 16):
         import numpy as np
@@ -293,7 +294,6 @@ def run_recipe(recipe: Recipe, feats, eval_sets: list, seed: int, selection=None
 
     import numpy as np
 
-    from edge_runtime.inference.heads import CROSS_FIT_FOLDS
     from edge_runtime.inference.thresholds import calibrate
     from edge_runtime.model.macs import inference_macs
     from edge_runtime.model.torch_model import PasteModel, build_parts
@@ -332,7 +332,7 @@ def run_recipe(recipe: Recipe, feats, eval_sets: list, seed: int, selection=None
         info["selection"] = served
         served = served["choice"]
     hold_maps, hold_scores = paths[served](feats[hold_idx])
-    if served == "head" and len(train_idx) >= 4 * CROSS_FIT_FOLDS:  # as the daemon's head
+    if served == "head":  # calibrated as the daemon's head is
         hold_scores = np.r_[hold_scores, head.out_of_fold(feats[train_idx])]
     thresholds = calibrate(hold_maps, hold_scores, recipe.policy())
     rows = []

@@ -68,6 +68,8 @@ def test_cross_fitted_scores_come_from_heads_fitted_without_them(bottle, runner)
     thresholds = H.calibrate_head(head, held, scores)
     assert thresholds.normal_count == 30 and thresholds.method == "log-normal"
     assert thresholds.image >= max(scores)
+    few = H.MIN_CROSS_FIT - 1  # too few to cross-fit: the held-out captures calibrate alone
+    assert H.cross_fitted_scores(batches, few, fitted.shape[-1], config, SIZE, runner.grid) is None
 
 
 def test_features_graph_has_the_teacher_layers_and_normalised_patches(runner, features_graph):

@@ -442,11 +442,12 @@ def calibrate_head(head: Head, val_embeddings: np.ndarray,
 
 
 CROSS_FIT_FOLDS = 5
+MIN_CROSS_FIT = 4 * CROSS_FIT_FOLDS  # fewer fitted captures: fold heads of 3 images say little
 
 
 def cross_fitted_scores(batches: Callable[[np.ndarray], Iterable[np.ndarray]], count: int,
                         dim_in: int, config: HeadConfig, image_size: int, grid: int,
-                        folds: int = CROSS_FIT_FOLDS) -> np.ndarray:
+                        folds: int = CROSS_FIT_FOLDS) -> np.ndarray | None:
     """Image scores of ``count`` fitted captures, each from a head fitted without its fold;
     ``batches(indices)`` yields those captures' embeddings in order (streamed from the
     images in the fit child, from RAM in benchmarks).
@@ -454,7 +455,10 @@ def cross_fitted_scores(batches: Callable[[np.ndarray], Iterable[np.ndarray]], c
     A head is cheap to fit, so its threshold need not rest on the ~20 held-out captures
     alone: with 200 normal scores the false-reject promise is an order statistic instead of
     a log-normal extrapolation, and it no longer moves with which captures were held out.
-    Scored by heads fitted on 80% of the captures, they err high, i.e. on the safe side."""
+    Scored by heads fitted on 80% of the captures, they err high, i.e. on the safe side.
+    None below MIN_CROSS_FIT captures (the held-out ones then calibrate alone)."""
+    if count < MIN_CROSS_FIT:
+        return None
     fold = np.arange(count) % folds
     scores = np.empty(count, np.float32)
     for k in range(folds):

@@ -23,11 +23,9 @@ def fit(request: dict) -> None:
     train, held = request["train"], request["held"]
     head = H.fit_head_batches(runner.embed_batches(train), len(train), runner.dim, config,
                               runner.image_size, runner.grid)
-    out_of_fold = None
-    if held and len(train) >= 4 * H.CROSS_FIT_FOLDS:
-        out_of_fold = H.cross_fitted_scores(
-            lambda rows: runner.embed_batches([train[i] for i in rows]), len(train),
-            runner.dim, config, runner.image_size, runner.grid)
+    out_of_fold = None if not held else H.cross_fitted_scores(
+        lambda rows: runner.embed_batches([train[i] for i in rows]), len(train), runner.dim,
+        config, runner.image_size, runner.grid)
     H.calibrate_head(head, runner.embed_sources(held or train), out_of_fold)
     head.meta["captures"] = request["captures"]
     head.save(request["out"])
