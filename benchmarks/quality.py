@@ -202,11 +202,11 @@ class NormalityPrior:
 
     def out_of_fold(self, train_feats):
         """Cross-fitted scores of the images it was fitted on, as the daemon's head fit
-        calibrates (inference/heads.py, cross_fitted_scores)."""
-        from edge_runtime.inference.heads import cross_fitted_scores
+        calibrates (inference/heads.py, fit_cross_fitted)."""
+        from edge_runtime.inference.heads import fit_cross_fitted
 
         embeddings = self.embed(train_feats)
-        scores = cross_fitted_scores(lambda rows: [embeddings[rows]], len(embeddings),
+        _, scores = fit_cross_fitted(lambda rows: [embeddings[rows]], len(embeddings),
                                      embeddings.shape[-1], self.config, self.spec.image_size,
                                      self.grid)
         return () if scores is None else scores  # too few images: the held-out ones alone

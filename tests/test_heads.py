@@ -49,27 +49,41 @@ def bottle(runner, data_root) -> dict:
     }
 
 
-def test_cross_fitted_scores_come_from_heads_fitted_without_them(bottle, runner):
-    config = H.HeadConfig(max_bytes=2**40)
+@pytest.mark.parametrize("kind", ["padim", "patchcore"])
+def test_cross_fitted_scores_come_from_heads_fitted_without_them(bottle, runner, kind):
+    config = H.HeadConfig(kind=kind, max_bytes=2**40, bank_patches=256, candidates=4000)
     fitted, held = bottle["train"][:25], bottle["train"][25:]
     asked = []
 
-    def batches(rows):
+    def stream(rows):
         asked.append(rows)
-        return [fitted[rows]]
+        return (fitted[rows[i : i + 7]] for i in range(0, len(rows), 7))  # batches
 
-    scores = H.cross_fitted_scores(batches, 25, fitted.shape[-1], config, SIZE, runner.grid)
-    assert len(asked) == 2 * H.CROSS_FIT_FOLDS  # each fold: fit without it, score it
+    head, scores = H.fit_cross_fitted(stream, 25, fitted.shape[-1], config, SIZE, runner.grid)
+    # PaDiM reads every capture twice (sums, then scores); PatchCore refits per fold
+    assert len(asked) == (2 if kind == "padim" else 1 + 2 * H.CROSS_FIT_FOLDS)
+
+    def fit(rows):  # the plain fit, on the same batches
+        return H.fit_head_batches(stream(rows), len(rows), fitted.shape[-1], config, SIZE,
+                                  runner.grid)
+
+    whole = fit(np.arange(25))
+    np.testing.assert_allclose(head.maps(bottle["test"])[1], whole.maps(bottle["test"])[1],
+                               rtol=1e-3)
+    assert head.meta["images"] == 25
     mine = np.arange(25) % H.CROSS_FIT_FOLDS == 2
-    without = H.fit_head(fitted[~mine], config, SIZE, runner.grid)
-    assert np.allclose(scores[mine], without.maps(fitted[mine])[1], rtol=1e-5)
-    head = H.fit_head(fitted, config, SIZE, runner.grid)
+    without = fit(np.flatnonzero(~mine))
+    np.testing.assert_allclose(scores[mine], without.maps(fitted[mine])[1], rtol=1e-3)
     assert np.median(scores) > np.median(head.maps(fitted)[1])  # unseen: not flattered
     thresholds = H.calibrate_head(head, held, scores)
     assert thresholds.normal_count == 30 and thresholds.method == "log-normal"
     assert thresholds.image >= max(scores)
     few = H.MIN_CROSS_FIT - 1  # too few to cross-fit: the held-out captures calibrate alone
-    assert H.cross_fitted_scores(batches, few, fitted.shape[-1], config, SIZE, runner.grid) is None
+    small, none = H.fit_cross_fitted(stream, few, fitted.shape[-1], config, SIZE, runner.grid)
+    assert none is None and small.meta["images"] == few
+    with pytest.raises(H.HeadError, match="expected 25 captures' embeddings, got 20"):
+        H.fit_cross_fitted(lambda rows: stream(rows[:20]), 25, fitted.shape[-1], H.HeadConfig(),
+                           SIZE, runner.grid)
 
 
 def test_features_graph_has_the_teacher_layers_and_normalised_patches(runner, features_graph):

@@ -217,7 +217,7 @@ class Head:
         scores = patch_scores.reshape(-1, self.grid, self.grid)
         maps = np.einsum("Hh,nhw,Ww->nHW", self._to_image, scores, self._to_image,
                          optimize=True).astype(np.float32)
-        return maps, maps.reshape(len(maps), -1).max(axis=1)
+        return maps, maps.max(axis=(1, 2))
 
     # ---- persistence
     def to_bytes(self) -> bytes:
@@ -309,6 +309,38 @@ def padim_dim(config: HeadConfig, dim_in: int, positions: int) -> int:
 
 
 @dataclass
+class PadimSums:
+    """The count and the float64 sums of projected x and x x^T that a PaDiM head is made
+    from. Sums subtract: the head without some captures is the total minus their sums, so
+    cross-fitting needs no refit from the images."""
+
+    covariance: str
+    count: int = 0
+    first: np.ndarray | float = 0.0
+    second: np.ndarray | float = 0.0
+
+    def add(self, x: np.ndarray) -> None:
+        x = x.astype(np.float64)
+        self.count += len(x)
+        self.first = self.first + x.sum(axis=0)
+        if self.covariance == "shared":
+            flat = x.reshape(-1, x.shape[-1])
+            self.second = self.second + flat.T @ flat
+        elif self.covariance == "diagonal":
+            self.second = self.second + (x * x).sum(axis=0)
+        else:
+            self.second = self.second + np.einsum("npd,npe->pde", x, x, optimize=True)
+
+    def __add__(self, other: PadimSums) -> PadimSums:
+        return PadimSums(self.covariance, self.count + other.count, self.first + other.first,
+                         self.second + other.second)
+
+    def __sub__(self, other: PadimSums) -> PadimSums:
+        return PadimSums(self.covariance, self.count - other.count, self.first - other.first,
+                         self.second - other.second)
+
+
+@dataclass
 class PadimMoments:
     """Projected per-position means and covariances (without epsilon): what PaDiM learns,
     kept in fp32 so tasks can be averaged (CLAD supplement, Algorithm 1)."""
@@ -327,29 +359,25 @@ class PadimMoments:
                    covariance: str) -> PadimMoments:
         """Sums of x and x x^T in float64, batch by batch: RAM does not grow with the
         number of captures."""
-        count, first, second = 0, 0.0, 0.0
+        sums = PadimSums(covariance)
         for batch in batches:
-            x = (batch @ proj).astype(np.float64)
-            count += len(x)
-            first = first + x.sum(axis=0)
-            if covariance == "shared":
-                flat = x.reshape(-1, x.shape[-1])
-                second = second + flat.T @ flat
-            elif covariance == "diagonal":
-                second = second + (x * x).sum(axis=0)
-            else:
-                second = second + np.einsum("npd,npe->pde", x, x, optimize=True)
+            sums.add(batch @ proj)
+        return cls.of_sums(sums, proj)
+
+    @classmethod
+    def of_sums(cls, sums: PadimSums, proj: np.ndarray) -> PadimMoments:
+        count, first, second = sums.count, sums.first, sums.second
         if not count:
             raise HeadError("a head needs at least one image")
         mean = first / count
-        if covariance == "shared":
+        if sums.covariance == "shared":
             positions = mean.shape[0]
             cov = (second - count * mean.T @ mean) / max(count * positions - 1, 1)
-        elif covariance == "diagonal":
+        elif sums.covariance == "diagonal":
             cov = (second - count * mean * mean) / max(count - 1, 1)
         else:
             cov = (second - count * np.einsum("pd,pe->pde", mean, mean)) / max(count - 1, 1)
-        return cls(proj, mean.astype(np.float32), cov.astype(np.float32), covariance)
+        return cls(proj, mean.astype(np.float32), cov.astype(np.float32), sums.covariance)
 
     def average(self, other: PadimMoments, tasks_so_far: int) -> PadimMoments:
         """M <- M * i/(i+1) + M_i/(i+1), the same for the covariance (i tasks so far)."""
@@ -390,7 +418,10 @@ def fit_head_batches(batches: Iterable[np.ndarray], count: int, dim_in: int,
     """Fit on ``count`` images' embeddings arriving in batches (e.g. straight from
     FeatureRunner.embed_batches), never all in RAM at once; raises if over budget."""
     fit = fit_patchcore if config.kind == "patchcore" else fit_padim
-    head = fit(batches, count, config, image_size, grid, dim_in)
+    return _checked(fit(batches, count, config, image_size, grid, dim_in), count, config)
+
+
+def _checked(head: Head, count: int, config: HeadConfig) -> Head:
     head.meta |= {"images": int(count), "seed": config.seed}
     if head.nbytes > config.max_bytes:
         raise HeadError(f"head of {head.nbytes} bytes exceeds max_bytes={config.max_bytes}")
@@ -433,7 +464,7 @@ class TaskBanks:
 def calibrate_head(head: Head, val_embeddings: np.ndarray,
                    out_of_fold: np.ndarray | None = None) -> Thresholds:
     """Thresholds from held-out normal captures, the rule the student's thresholds use,
-    plus ``out_of_fold`` scores of the fitted captures when there are (cross_fitted_scores)."""
+    plus ``out_of_fold`` scores of the fitted captures when there are (fit_cross_fitted)."""
     maps, scores = head.maps(val_embeddings)
     if out_of_fold is not None:
         scores = np.concatenate([scores, out_of_fold])
@@ -445,27 +476,69 @@ CROSS_FIT_FOLDS = 5
 MIN_CROSS_FIT = 4 * CROSS_FIT_FOLDS  # fewer fitted captures: fold heads of 3 images say little
 
 
-def cross_fitted_scores(batches: Callable[[np.ndarray], Iterable[np.ndarray]], count: int,
-                        dim_in: int, config: HeadConfig, image_size: int, grid: int,
-                        folds: int = CROSS_FIT_FOLDS) -> np.ndarray | None:
-    """Image scores of ``count`` fitted captures, each from a head fitted without its fold;
-    ``batches(indices)`` yields those captures' embeddings in order (streamed from the
-    images in the fit child, from RAM in benchmarks).
+def fit_cross_fitted(stream: Callable[[np.ndarray], Iterable[np.ndarray]], count: int,
+                     dim_in: int, config: HeadConfig, image_size: int, grid: int,
+                     folds: int = CROSS_FIT_FOLDS) -> tuple[Head, np.ndarray | None]:
+    """A head fitted on ``count`` captures, and each capture's image score from a head
+    fitted without its fold (None below MIN_CROSS_FIT: the held-out captures then calibrate
+    alone). ``stream(indices)`` yields those captures' embeddings in order (from the images
+    in the fit child, from RAM in benchmarks).
 
     A head is cheap to fit, so its threshold need not rest on the ~20 held-out captures
     alone: with 200 normal scores the false-reject promise is an order statistic instead of
     a log-normal extrapolation, and it no longer moves with which captures were held out.
     Scored by heads fitted on 80% of the captures, they err high, i.e. on the safe side.
-    None below MIN_CROSS_FIT captures (the held-out ones then calibrate alone)."""
+    PaDiM reads the captures twice (a fold's head is the total's sums minus the fold's);
+    PatchCore fits one coreset per fold, reading them 1 + 2 x folds times."""
+    if config.kind == "padim":
+        return _padim_cross_fitted(stream, count, dim_in, config, image_size, grid, folds)
+    head = fit_head_batches(stream(np.arange(count)), count, dim_in, config, image_size, grid)
     if count < MIN_CROSS_FIT:
-        return None
+        return head, None
     fold = np.arange(count) % folds
     scores = np.empty(count, np.float32)
     for k in range(folds):
         rest, mine = np.flatnonzero(fold != k), np.flatnonzero(fold == k)
-        head = fit_head_batches(batches(rest), len(rest), dim_in, config, image_size, grid)
-        scores[mine] = np.concatenate([head.maps(batch)[1] for batch in batches(mine)])
-    return scores
+        without = fit_head_batches(stream(rest), len(rest), dim_in, config, image_size, grid)
+        scores[mine] = np.concatenate([without.maps(batch)[1] for batch in stream(mine)])
+    return head, scores
+
+
+def _by_fold(stream: Iterable[np.ndarray], folds: int) -> Iterator[tuple[int, np.ndarray,
+                                                                          np.ndarray]]:
+    """(fold, rows, embeddings) per batch and fold, capture i being in fold i % folds."""
+    start = 0
+    for batch in stream:
+        fold = (start + np.arange(len(batch))) % folds
+        for k in range(folds):
+            rows = np.flatnonzero(fold == k)
+            if len(rows):
+                yield k, start + rows, batch[rows]
+        start += len(batch)
+
+
+def _padim_cross_fitted(stream: Callable[[np.ndarray], Iterable[np.ndarray]], count: int,
+                        dim_in: int, config: HeadConfig, image_size: int, grid: int,
+                        folds: int) -> tuple[Head, np.ndarray | None]:
+    proj = projection(dim_in, padim_dim(config, dim_in, grid * grid), config.seed)
+    crossing = count >= MIN_CROSS_FIT
+    parts = [PadimSums(config.covariance) for _ in range(folds if crossing else 1)]
+    for k, _, embeddings in _by_fold(stream(np.arange(count)), len(parts)):
+        parts[k].add(embeddings @ proj)
+    total = sum(parts[1:], parts[0])
+    if total.count != count:
+        raise HeadError(f"expected {count} captures' embeddings, got {total.count}")
+    head = _checked(PadimMoments.of_sums(total, proj).head(config.epsilon, image_size, grid),
+                    count, config)
+    if not crossing:
+        return head, None
+    without = [PadimMoments.of_sums(total - part, proj).head(config.epsilon, image_size, grid)
+               for part in parts]
+    del parts, total
+    scores = np.empty(count, np.float32)
+    for k, rows, embeddings in _by_fold(stream(np.arange(count)), folds):
+        scores[rows] = without[k].maps(embeddings)[1]
+    return head, scores
 
 
 def holdout_split(count: int, fraction: float = 0.1,

@@ -21,9 +21,7 @@ def fit(request: dict) -> None:
                              arena=False)
     config = H.HeadConfig(**request["config"])
     train, held = request["train"], request["held"]
-    head = H.fit_head_batches(runner.embed_batches(train), len(train), runner.dim, config,
-                              runner.image_size, runner.grid)
-    out_of_fold = None if not held else H.cross_fitted_scores(
+    head, out_of_fold = H.fit_cross_fitted(
         lambda rows: runner.embed_batches([train[i] for i in rows]), len(train), runner.dim,
         config, runner.image_size, runner.grid)
     H.calibrate_head(head, runner.embed_sources(held or train), out_of_fold)
