@@ -96,13 +96,13 @@ def _student(category: str, images: list[Path], args) -> Path:
     return learned.directory
 
 
-def features_graph(path: Path) -> Path:
+def features_graph(path: Path, image_size: int = 256) -> Path:
     """The features graph (trunk + frozen teacher tail), exported once per installation."""
     if not path.exists():
         from edge_runtime.model.onnx_export import export_features
         from edge_runtime.model.torch_model import ModelSpec, build_parts
 
-        spec = ModelSpec.paste()
+        spec = ModelSpec.paste(image_size)
         trunk, teacher, _ = build_parts(spec)
         export_features(trunk, teacher, spec.feature_layers, spec.image_size, path)
     return path

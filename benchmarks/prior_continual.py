@@ -2,7 +2,9 @@
 
 Takes the final model of a continual run (``benchmarks/continual.py``: ``RUN.ckpt/model``)
 and, for each product, fits the memory-bank head's PaDiM (inference/heads.py) on the same
-training images (its held-out split excluded). The teacher is frozen, so a product's
+training images (its held-out split excluded), at the head's input size (``--head-size``,
+default the daemon's; its maps are resized to the student's). The teacher is frozen, so a
+product's
 Gaussians never change when later products are learned: the prior cannot forget. Three
 maps per test image: the student's, the prior's alone, and the two combined as in
 ``quality.py``'s NormalityPrior (geometric mean, each over its held-out normals' 99th
@@ -36,9 +38,16 @@ from tqdm import tqdm
 from edge_runtime.dataset import test_samples, train_images
 from edge_runtime.evaluation import metrics, serving_choice
 from edge_runtime.inference import model_dir as md
-from edge_runtime.inference.heads import FeatureRunner, HeadConfig, fit_head, padim_dim
+from edge_runtime.inference.heads import (
+    IMAGE_SIZE,
+    FeatureRunner,
+    HeadConfig,
+    fit_head,
+    padim_dim,
+    resize_maps,
+)
 from edge_runtime.inference.inferencer import AnomalyInferencer
-from edge_runtime.inference.preprocess import load_mask, load_rgb, normalise, preprocess
+from edge_runtime.inference.preprocess import fit_rgb, load_mask, load_rgb, normalise, preprocess
 from edge_runtime.training.loop import TrainConfig, holdout_split
 
 ROWS = ("student", "prior", "combined", "selected")
@@ -51,9 +60,10 @@ def student_maps(inferencer: AnomalyInferencer, paths: list, desc: str) -> np.nd
     return np.stack(maps)
 
 
-def embeddings(runner: FeatureRunner, paths: list, size: int, desc: str) -> np.ndarray:
+def embeddings(runner: FeatureRunner, paths: list, desc: str) -> np.ndarray:
     return np.concatenate([
-        runner.embed(np.stack([preprocess(p, size) for p in paths[start : start + 8]]))
+        runner.embed(np.stack([preprocess(p, runner.image_size)
+                               for p in paths[start : start + 8]]))
         for start in tqdm(range(0, len(paths), 8), desc=desc, leave=False)])
 
 
@@ -61,17 +71,16 @@ def one_product(category: str, args, inferencer, runner) -> dict[str, float]:
     size = inferencer.image_size
     images = train_images(args.data, category, args.max_train_images)
     train_idx, hold_idx = holdout_split(len(images), args.val_fraction, args.seed)
-    train = embeddings(runner, [images[i] for i in train_idx], size, f"{category} fit")
-    head = fit_head(train, HeadConfig(), size, runner.grid)
+    train = embeddings(runner, [images[i] for i in train_idx], f"{category} fit")
+    head = fit_head(train, HeadConfig(), runner.image_size, runner.grid)
     hold = [images[i] for i in hold_idx]
     student_ref = float(np.quantile(student_maps(inferencer, hold, "held-out"), 0.99))
-    prior_ref = float(np.quantile(head.maps(embeddings(runner, hold, size, "held-out"))[0],
-                                  0.99))
+    prior_ref = float(np.quantile(head.maps(embeddings(runner, hold, "held-out"))[0], 0.99))
     samples = test_samples(args.data, category, args.max_test_images)
     paths = [s.image for s in samples]
     masks = np.stack([load_mask(s.mask, size) for s in samples])
     student = student_maps(inferencer, paths, f"{category} student")
-    prior = head.maps(embeddings(runner, paths, size, f"{category} prior"))[0]
+    prior = resize_maps(head.maps(embeddings(runner, paths, f"{category} prior"))[0], size)
     combined = combine_maps(student, prior, student_ref, prior_ref)
     choice = choose(inferencer, runner, head, hold, size, args.seed)
     tqdm.write(f"{category}: {json.dumps(choice)}")
@@ -86,15 +95,17 @@ def choose(inferencer, runner, head, hold: list, size: int, seed: int) -> dict:
         maps, scores = inferencer.forward(normalise(rgb))
         return maps[:, 0], scores
 
-    def prior(rgb):
-        return head.maps(runner.embed(normalise(rgb)))
+    def prior(rgb):  # resized to the head's input and back, as in workers/choose_path.py
+        maps, scores = head.maps(runner.embed(normalise(
+            np.stack([fit_rgb(image, runner.image_size) for image in rgb]))))
+        return resize_maps(maps, size), scores
 
     normals = [load_rgb(p, size) for p in hold]
     return serving_choice.compare(normals, {serving_choice.STUDENT: student,
                                             serving_choice.HEAD: prior}, seed)
 
 
-def graph_macs() -> dict[str, int]:
+def graph_macs(head_size: int) -> dict[str, int]:
     """The student graph's MACs vs the features graph's plus the PaDiM scoring (counted as
     quality.py counts the prior, at the projection width a 2 MB head allows)."""
     import torch
@@ -102,16 +113,17 @@ def graph_macs() -> dict[str, int]:
     from edge_runtime.model.macs import inference_macs
     from edge_runtime.model.torch_model import ModelSpec, build_parts
 
-    spec = ModelSpec.paste()
+    spec, head_spec = ModelSpec.paste(), ModelSpec.paste(head_size)
     trunk, teacher, student = build_parts(spec)
-    parts = inference_macs(spec, trunk, teacher, student)
+    head_parts = inference_macs(head_spec, trunk, teacher, student)
     with torch.no_grad():
-        taps = teacher(trunk(torch.zeros(1, 3, spec.image_size, spec.image_size)))
+        taps = teacher(trunk(torch.zeros(1, 3, head_size, head_size)))
     grid = taps[0].shape[-1]
     dim = padim_dim(HeadConfig(), sum(t.shape[1] for t in taps), grid * grid)
     scoring = prior_scoring_macs(taps, dim, "full", spec.map_size)
-    return {"student_graph": parts["total"],
-            "features_graph_and_prior": parts["trunk"] + parts["teacher_tail"] + scoring}
+    return {"student_graph": inference_macs(spec, trunk, teacher, student)["total"],
+            "features_graph_and_prior": head_parts["trunk"] + head_parts["teacher_tail"]
+            + scoring}
 
 
 def main() -> None:
@@ -123,6 +135,8 @@ def main() -> None:
     parser.add_argument("--max-test-images", type=int, default=None, help="per defect kind")
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--threads", type=int, default=2)
+    parser.add_argument("--head-size", type=int, default=IMAGE_SIZE,
+                        help="the head's input side (the daemon's heads.image_size)")
     parser.add_argument("--quick", action="store_true", help="4 test images per defect kind")
     args = parser.parse_args()
     if args.quick:
@@ -130,13 +144,14 @@ def main() -> None:
     args.val_fraction = TrainConfig.for_recipe("new", seed=args.seed).val_fraction
     inferencer = AnomalyInferencer(args.model / md.MERGED, 256, args.threads)
     with tempfile.TemporaryDirectory() as tmp:
-        runner = FeatureRunner(features_graph(Path(tmp) / "features.onnx"), 256, args.threads)
+        graph = features_graph(Path(tmp) / "features.onnx", args.head_size)
+        runner = FeatureRunner(graph, args.head_size, args.threads)
         per_task = {c: one_product(c, args, inferencer, runner)
                     for c in tqdm(args.categories.split(","), desc="products")}
     means = {row: float(np.mean([v[row] for v in per_task.values()])) for row in ROWS}
     print_table(["product", *ROWS], [[c, *(round(v[r], 4) for r in ROWS)]
                                      for c, v in [*per_task.items(), ("MEAN", means)]])
-    emit_json({"per_task": per_task, "mean_pixel_f1": means, "macs": graph_macs()})
+    emit_json({"per_task": per_task, "mean_pixel_f1": means, "macs": graph_macs(args.head_size)})
 
 
 if __name__ == "__main__":

@@ -62,6 +62,7 @@ class Recipe:
     geometry: tuple = ()  # (split, feature_layers, image_size); () = ModelSpec.paste()
     prior: str = ""  # "" or a PaDiM covariance: the student map x a per-product prior
     serve: str = "student"  # or "head" (the PaDiM alone), "select" (per product, below)
+    head_size: int = 0  # the head's input side; 0: the daemon's (inference/heads.py)
 
     def config(self, seed: int):
         from edge_runtime.training.loop import TrainConfig
@@ -85,6 +86,22 @@ class Recipe:
 
 PAPER = Recipe("paper")
 NEW = Recipe("new", "new", "new", "frr")
+
+
+@dataclass(frozen=True)
+class Samples:
+    """The same images as trunk features at the student's input and at the head's, which
+    reads another size (``head`` is ``student`` when the two are equal). Indexing selects
+    the same images from both."""
+
+    student: object
+    head: object
+
+    def __len__(self) -> int:
+        return len(self.student)
+
+    def __getitem__(self, rows) -> Samples:
+        return Samples(self.student[rows], self.head[rows])
 
 
 # ---------------------------------------------------------------- data and caches
@@ -184,7 +201,8 @@ class NormalityPrior:
         from edge_runtime.model.onnx_export import PatchEmbedding
         from edge_runtime.model.torch_model import ModelSpec, Trunk, build_parts
 
-        heads_spec = ModelSpec.paste()  # the heads' layers 6/10/14, whatever the student taps
+        # the heads' layers 6/10/14, whatever the student taps, at the features' input size
+        heads_spec = ModelSpec.paste(spec.image_size)
         if spec.split != heads_spec.split:
             raise ValueError("the prior reads the trunk features of the papers' split")
         trunk, teacher, _ = build_parts(heads_spec)
@@ -284,19 +302,20 @@ def _trained(recipe: Recipe, spec, feats, train_idx, hold_idx, seed: int):
     return _TRAINED[key]
 
 
-def run_recipe(recipe: Recipe, feats, eval_sets: list, seed: int, selection=None):
+def run_recipe(recipe: Recipe, feats: Samples, eval_sets: list, seed: int, selection=None):
     """Train with ``recipe`` on ``feats`` (its own hold-out carved out), calibrate on the
     hold-out normals exactly as the daemon does, score every evaluation set. ``select``
     rows choose the student or the head per product as the daemon does
     (evaluation/serving_choice.py), on ``selection(hold_idx)``: the held-out normals and
-    synthetic defects made from them, as trunk features."""
+    synthetic defects made from them, as Samples. The head reads its own input size
+    (``feats.head``); its maps are resized to the student's, where the masks are."""
     import time
 
     import numpy as np
 
     from edge_runtime.inference.thresholds import calibrate
     from edge_runtime.model.macs import inference_macs
-    from edge_runtime.model.torch_model import PasteModel, build_parts
+    from edge_runtime.model.torch_model import ModelSpec, PasteModel, build_parts
     from edge_runtime.training.loop import holdout_split
 
     config = recipe.config(seed)
@@ -304,36 +323,46 @@ def run_recipe(recipe: Recipe, feats, eval_sets: list, seed: int, selection=None
     spec = recipe.spec()
     paths, macs, info = {}, {}, {}
     if recipe.serve != "head":
-        trunk, teacher, student, result = _trained(recipe, spec, feats, train_idx, hold_idx,
-                                                   seed)
+        trunk, teacher, student, result = _trained(recipe, spec, feats.student, train_idx,
+                                                   hold_idx, seed)
         model = PasteModel(spec, trunk, teacher, student).eval()
         parts = inference_macs(spec, trunk, teacher, student)
         macs["student"], seconds = parts["total"], result.seconds
-        paths["student"] = lambda f: maps_and_scores(model, f)
+        paths["student"] = lambda f: maps_and_scores(model, f.student)
         info = {"steps": result.epochs_run * -(-len(train_idx) // config.batch_size),
                 "epochs": f"{result.epochs_run}/{config.planned_epochs(len(train_idx))}",
                 "best_epoch": result.best_epoch, "history": result.history}
         if recipe.prior:
             hold_maps = paths["student"](feats[hold_idx])[0]
-            prior = NormalityPrior(feats[train_idx], feats[hold_idx], hold_maps, recipe.prior,
-                                   spec)
-            paths["student"] = lambda f: prior.combine(maps_and_scores(model, f)[0], f)
+            prior = NormalityPrior(feats.student[train_idx], feats.student[hold_idx],
+                                   hold_maps, recipe.prior, spec)
+            paths["student"] = lambda f: prior.combine(maps_and_scores(model, f.student)[0],
+                                                       f.student)
             macs["student"] += prior.macs + max(0, prior.teacher_macs - parts["teacher_tail"])
     if recipe.serve in ("head", "select"):
+        from edge_runtime.inference.heads import IMAGE_SIZE, resize_maps
+
+        head_spec = ModelSpec.paste(recipe.head_size or IMAGE_SIZE)
         started = time.perf_counter()
-        head = NormalityPrior(feats[train_idx], feats[hold_idx], None, "full", spec)
+        head = NormalityPrior(feats.head[train_idx], feats.head[hold_idx], None, "full",
+                              head_spec)
         fit = time.perf_counter() - started
         seconds = fit if recipe.serve == "head" else seconds + fit
-        trunk_macs = inference_macs(spec, *build_parts(spec))["trunk"]
+        trunk_macs = inference_macs(head_spec, *build_parts(head_spec))["trunk"]
         macs["head"] = trunk_macs + head.teacher_macs + head.macs
-        paths["head"] = head.maps
+
+        def head_path(f: Samples):
+            maps, scores = head.maps(f.head)
+            return resize_maps(maps, spec.image_size), scores
+
+        paths["head"] = head_path
     served = recipe.serve if recipe.serve != "select" else _select(paths, selection(hold_idx))
     if recipe.serve == "select":
         info["selection"] = served
         served = served["choice"]
     hold_maps, hold_scores = paths[served](feats[hold_idx])
     if served == "head":  # calibrated as the daemon's head is
-        hold_scores = np.r_[hold_scores, head.out_of_fold(feats[train_idx])]
+        hold_scores = np.r_[hold_scores, head.out_of_fold(feats.head[train_idx])]
     thresholds = calibrate(hold_maps, hold_scores, recipe.policy())
     rows = []
     for feats_eval, masks, labels, fast in eval_sets:
@@ -359,18 +388,30 @@ def _select(paths: dict, selection: tuple) -> dict:
     return serving_choice.decide(outputs, masks, labels, int((~labels).sum()))
 
 
-def selection_features(cache: FeatureCache, images: list, size: int, seed: int):
-    """The held-out normals and the defects serving_choice.selection_set makes from them,
-    as trunk features (cached), with their masks and labels."""
-    import numpy as np
-
+def selection_features(cache: FeatureCache, images: list, size: int, seed: int,
+                       head: tuple[FeatureCache, int]):
+    """The held-out normals and the defects serving_choice.selection_set makes from them
+    at the student's input size, as trunk features (cached) for the student and for the
+    head (``head``: its cache and input size; resized as the daemon's choice does), with
+    their masks and labels."""
     from edge_runtime.evaluation.serving_choice import selection_set
-    from edge_runtime.inference.preprocess import load_rgb, normalise
+    from edge_runtime.inference.preprocess import load_rgb
 
     rgb, masks, labels = selection_set([load_rgb(p, size) for p in images], seed)
     key = f"select|{hashlib.sha1(rgb.tobytes()).hexdigest()}"  # changes with the generator
-    feats = cache.arrays(key, lambda: np.stack([normalise(image) for image in rgb]))
-    return feats, masks, labels
+    feats = _rgb_features(cache, key, rgb, size)
+    head_cache, head_size = head
+    head_feats = feats if head_size == size else _rgb_features(head_cache, key, rgb, head_size)
+    return Samples(feats, head_feats), masks, labels
+
+
+def _rgb_features(cache: FeatureCache, key: str, rgb, size: int):
+    import numpy as np
+
+    from edge_runtime.inference.preprocess import fit_rgb, normalise
+
+    return cache.arrays(f"{key}|{size}", lambda: np.stack([normalise(fit_rgb(image, size))
+                                                           for image in rgb]))
 
 
 def test_set(cache: FeatureCache, data: Path, category: str, size: int, limit):
@@ -387,24 +428,27 @@ def test_set(cache: FeatureCache, data: Path, category: str, size: int, limit):
 
 
 def validation_set(cache: FeatureCache, images: list, size: int, seed: int,
-                   structural: float = 0.0):
-    """Held-out normals + one synthetic anomaly made from each of them."""
+                   structural: float = 0.0, features_size: int = 0):
+    """Held-out normals + one synthetic anomaly made from each of them (at ``size``; their
+    features at ``features_size``, e.g. the head's, when given)."""
     import numpy as np
 
     from edge_runtime.evaluation.synthetic import VERSION, synthetic_anomaly
-    from edge_runtime.inference.preprocess import load_rgb, normalise
+    from edge_runtime.inference.preprocess import fit_rgb, load_rgb, normalise
 
     normal = cache.images(images)
     key = f"{seed}|{structural}|v{VERSION}|" + "|".join(map(str, images))
     masks_path = cache._path("mask3|" + key)
+    features_size = features_size or size
 
     def make():
         rng = np.random.default_rng(seed)  # the same defects however often it is called
         made = [synthetic_anomaly(load_rgb(p, size), rng, structural) for p in images]
         np.save(masks_path, np.stack([m for _, m in made]))
-        return np.stack([normalise(img) for img, _ in made])
+        return np.stack([normalise(fit_rgb(img, features_size)) for img, _ in made])
 
-    anomalous = cache.arrays("synth3|" + key, make)
+    sized = "" if features_size == size else f"|{features_size}"
+    anomalous = cache.arrays("synth3|" + key + sized, make)
     if not masks_path.exists():
         make()
     masks = np.concatenate([np.zeros((len(images), size, size), bool), np.load(masks_path)])
@@ -413,18 +457,30 @@ def validation_set(cache: FeatureCache, images: list, size: int, seed: int,
 
 
 def evaluation_data(args: argparse.Namespace, cache: FeatureCache, category: str,
-                    images: list, size: int) -> tuple:
-    """(training features, evaluation sets, training image paths): the test split, or for
+                    images: list, size: int, head: tuple[FeatureCache, int]) -> tuple:
+    """(training samples, evaluation sets, training image paths): the test split, or for
     ``--ablation`` the recipe's part of the training images and the validation set made from
-    the rest."""
+    the rest; features for the student and for the head (``head``: its cache and input
+    size), masks at the student's size."""
+    from edge_runtime.dataset import test_samples
+
+    head_cache, head_size = head
     if args.ablation:
         rec_idx, val_idx = image_split(len(images), args.seed)
-        validation = validation_set(cache, [images[i] for i in val_idx], size, args.seed,
-                                    args.structural)
-        recipe_images = [images[i] for i in rec_idx]
-        return cache.images(recipe_images), [(*validation, True)], recipe_images
-    test = test_set(cache, args.data, category, size, args.max_test_images)
-    return cache.images(images), [(*test, False)], images
+        held = [images[i] for i in val_idx]
+        feats, masks, labels = validation_set(cache, held, size, args.seed, args.structural)
+        head_feats = feats if head_size == size else validation_set(
+            head_cache, held, size, args.seed, args.structural, head_size)[0]
+        images = [images[i] for i in rec_idx]
+        evaluation = (Samples(feats, head_feats), masks, labels, True)
+    else:
+        feats, masks, labels = test_set(cache, args.data, category, size, args.max_test_images)
+        head_feats = feats if head_size == size else head_cache.images(
+            [s.image for s in test_samples(args.data, category, args.max_test_images)])
+        evaluation = (Samples(feats, head_feats), masks, labels, False)
+    train = cache.images(images)
+    return Samples(train, train if head_size == size else head_cache.images(images)), \
+        [evaluation], images
 
 
 # ---------------------------------------------------------------- ablation variants
@@ -448,8 +504,10 @@ def ablation_recipes(target_steps: int | None) -> list[Recipe]:
                 geometry=(6, (6, 8, 10), 256)),
         replace(NEW, name="prior_student_6_10_12", train_overrides=steps, prior="full",
                 geometry=(6, (6, 10, 12), 256)),
-        # The memory-bank head alone, and the daemon's per-product choice of the two
+        # The memory-bank head alone (at the daemon's input size, and at the student's), and
+        # the daemon's per-product choice of the two
         replace(NEW, name="head", train_overrides=steps, serve="head"),
+        replace(NEW, name="head_256", train_overrides=steps, serve="head", head_size=256),
         replace(NEW, name="select", train_overrides=steps, serve="select"),
     ]
 
@@ -579,6 +637,7 @@ def main() -> None:
     from tqdm import tqdm
 
     from edge_runtime.dataset import list_categories, train_images
+    from edge_runtime.inference.heads import IMAGE_SIZE as HEAD_SIZE
     from edge_runtime.model.torch_model import ModelSpec
     from edge_runtime.training.bundle import ModelBundle
 
@@ -589,9 +648,8 @@ def main() -> None:
     categories = args.categories or list_categories(args.data)
     engines: dict = {}
 
-    def cache_for(recipe: Recipe) -> FeatureCache:
+    def cache_for(spec: ModelSpec) -> FeatureCache:
         """Trunk features differ per geometry: one engine and cache directory each."""
-        spec = recipe.spec()
         key = (spec.split, spec.image_size)
         if key not in engines:
             default = ModelSpec.paste()
@@ -615,14 +673,16 @@ def main() -> None:
         _TRAINED.clear()
         loaded: dict = {}  # one array per geometry, so rows that train alike share it
         for recipe in tqdm(recipes, desc=category, unit="recipe"):
-            cache = cache_for(recipe)
-            if cache not in loaded:
-                loaded[cache] = evaluation_data(args, cache, category, images,
-                                                recipe.spec().image_size)
-            feats, eval_sets, paths = loaded[cache]
-            size = recipe.spec().image_size
-            rows = run_recipe(recipe, feats, eval_sets, args.seed, lambda hold, c=cache, p=paths,
-                              s=size: selection_features(c, [p[i] for i in hold], s, args.seed))
+            spec = recipe.spec()
+            cache, size = cache_for(spec), spec.image_size
+            head_size = recipe.head_size or HEAD_SIZE
+            head = (cache_for(ModelSpec.paste(head_size)), head_size)
+            if (cache, head) not in loaded:
+                loaded[cache, head] = evaluation_data(args, cache, category, images, size, head)
+            feats, eval_sets, paths = loaded[cache, head]
+            rows = run_recipe(recipe, feats, eval_sets, args.seed,
+                              lambda hold, c=cache, p=paths, s=size, h=head: selection_features(
+                                  c, [p[i] for i in hold], s, args.seed, h))
             out[recipe.name][category] = {k: rows[0][k] for k in KEYS}
             extra[recipe.name][category] = {k: rows[0][k] for k in rows[0] if k not in KEYS}
             scores = extra[recipe.name][category].pop("scores")

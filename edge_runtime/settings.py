@@ -135,6 +135,9 @@ class HeadSettings:
     kind: str = "padim"  # padim | patchcore
     covariance: str = "full"  # padim: full | shared | diagonal
     max_bytes: int = 2_000_000  # per product, the head file; the fit narrows to fit
+    # the head's input side (inference/heads.py IMAGE_SIZE): finer than the student's 256,
+    # within the student graph's MACs
+    image_size: int = 288
     auto_fit: bool = True  # fit after captures are stored (else POST /products/{id}/head)
     # a trained product: "auto" chooses per product and model version between the student
     # and the head on synthetic defects made from its held-out captures
@@ -281,6 +284,8 @@ def validate(settings: Settings) -> Settings:
         (settings.heads.covariance in HEAD_COVARIANCES,
          f"heads.covariance must be one of {', '.join(HEAD_COVARIANCES)}"),
         (settings.heads.max_bytes >= 50_000, "heads.max_bytes must be >= 50000"),
+        (settings.heads.image_size % 32 == 0 and 128 <= settings.heads.image_size <= 512,
+         "heads.image_size must be a multiple of 32 from 128 to 512"),
         (settings.heads.serve in HEAD_SERVE,
          f"heads.serve must be one of {', '.join(HEAD_SERVE)}"),
         (settings.is_loopback or len(settings.api.token) >= 16,

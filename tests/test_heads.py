@@ -188,9 +188,9 @@ def test_head_service_fits_off_thread_persists_and_reloads(tmp_path, data_root, 
     from edge_runtime.services.heads import HeadOptions, HeadService
 
     images = dataset.train_images(data_root, "bottle", limit=12)
-    options = HeadOptions(max_bytes=300_000)
+    options = HeadOptions(max_bytes=300_000, image_size=SIZE)
     service = HeadService(tmp_path / "heads", options)
-    (tmp_path / "heads" / H.FEATURES).write_bytes(features_graph.read_bytes())
+    service.graph_path.write_bytes(features_graph.read_bytes())
     assert service.request_fit(7, lambda: images[:2]).result(60)["status"] == "waiting"
     assert service.inferencer(7) is None
     def slowly_listed() -> list:
@@ -217,8 +217,15 @@ def test_head_service_fits_off_thread_persists_and_reloads(tmp_path, data_root, 
     assert service.inferencer(7).predict(images[0]).score == result.score
     service.shutdown()
     again = HeadService(tmp_path / "heads", options)
-    assert again.load_all() == 1 and again.state(7)["status"] == "ready"
+    assert again.load_all() == [] and again.state(7)["status"] == "ready"
     assert again.inferencer(7).predict(images[0]).score == pytest.approx(result.score, rel=1e-5)
+    again.shutdown()
+    # heads.image_size changed (or an upgrade from 256): the head is not served but named
+    # for a refit from the stored captures, and the other size's graph is removed
+    resized = HeadService(tmp_path / "heads", HeadOptions(max_bytes=300_000, image_size=288))
+    assert resized.load_all() == [7] and resized.inferencer(7) is None
+    assert not service.graph_path.exists() and resized.state(7)["status"] == "none"
+    resized.shutdown()
     again.forget(7)
     assert not service.head_path(7).exists() and again.inferencer(7) is None
 
@@ -265,6 +272,9 @@ def test_head_settings_name_the_heads_choices_and_reject_others():
 
     assert set(HEAD_KINDS) == set(H.KINDS) and HEAD_COVARIANCES == H.COVARIANCES
     assert load_settings(environ={}).heads.max_bytes == H.HeadConfig().max_bytes
+    assert load_settings(environ={}).heads.image_size == H.IMAGE_SIZE
+    with pytest.raises(SettingsError, match="heads.image_size must be a multiple of 32"):
+        load_settings(environ={"EDGE_RUNTIME_HEADS_IMAGE_SIZE": "300"})
     with pytest.raises(SettingsError, match="heads.kind"):
         load_settings(environ={"EDGE_RUNTIME_HEADS_KIND": "knn"})
     with pytest.raises(SettingsError, match="heads.max_bytes"):
@@ -292,8 +302,8 @@ def test_a_head_fit_without_weights_says_why(tmp_path, data_root):
 def test_a_head_fit_that_fails_in_its_child_says_why(tmp_path, data_root, features_graph):
     from edge_runtime.services.heads import HeadOptions, HeadService
 
-    service = HeadService(tmp_path / "heads", HeadOptions())
-    (tmp_path / "heads" / H.FEATURES).write_bytes(features_graph.read_bytes())
+    service = HeadService(tmp_path / "heads", HeadOptions(image_size=SIZE))
+    service.graph_path.write_bytes(features_graph.read_bytes())
     images = dataset.train_images(data_root, "bottle", limit=5)
     broken = tmp_path / "broken.png"
     broken.write_text("not an image")

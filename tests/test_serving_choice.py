@@ -118,7 +118,9 @@ def service(tmp_path, data_root, backbone_files):
     spec = ModelSpec.paste()
     trunk, teacher, _ = build_parts(spec, backbone_files)
     service = HeadService(tmp_path / "heads", HeadOptions(max_bytes=300_000))
-    export_features(trunk, teacher, spec.feature_layers, 256, service.graph_path)
+    # the head reads 288 px, the student 256: the choice compares them on the same masks
+    assert service.options.image_size == 288
+    export_features(trunk, teacher, spec.feature_layers, 288, service.graph_path)
     images = dataset.train_images(data_root, "bottle", limit=40)
     assert service.request_fit(7, lambda: images).result(120)["status"] == "ready"
     # calibrated on its 4 held-out captures and the 36 fitted ones' cross-fitted scores
@@ -174,12 +176,13 @@ def test_pinned_serving_and_a_product_without_a_head(service, bottle_model):
     assert service.request_choice(8, bottle_model, lambda: images) is None
 
 
-def test_no_comparison_means_the_student_and_status_says_why(service, tmp_path):
-    from edge_runtime.inference.model_dir import MERGED
+def test_no_comparison_means_the_student_and_status_says_why(service, tmp_path, bottle_model):
+    from edge_runtime.inference.model_dir import MANIFEST, MERGED
 
     service, images = service
     broken = tmp_path / "v000042"
     broken.mkdir()
+    (broken / MANIFEST).write_bytes((bottle_model / MANIFEST).read_bytes())
     (broken / MERGED).write_bytes(b"not an onnx graph")
     failed = service.request_choice(7, broken, lambda: images).result(120)
     assert failed["choice"] == "student"

@@ -60,7 +60,7 @@ class HeadOptions:
     min_captures: int = 4
     max_images: int = 200
     threads: int = 1
-    image_size: int = 256
+    image_size: int = H.IMAGE_SIZE  # the head's input, not the student's
     seed: int = 0
     weights_dir: str = ""
     serve: str = "auto"  # trained products: auto | student | head
@@ -70,8 +70,7 @@ class HeadOptions:
         heads, training = settings.heads, settings.training
         return cls(heads.enabled, heads.kind, heads.covariance, heads.max_bytes,
                    training.min_captures, training.max_images, settings.model.threads or 1,
-                   seed=training.seed, weights_dir=settings.model.weights_dir,
-                   serve=heads.serve)
+                   heads.image_size, training.seed, settings.model.weights_dir, heads.serve)
 
 
 class HeadService:
@@ -98,7 +97,8 @@ class HeadService:
     # ---- features graph
     @property
     def graph_path(self) -> Path:
-        return self.root / H.FEATURES
+        """Named by its input size: a graph written for another size is never opened."""
+        return self.root / f"features-{self.options.image_size}.onnx"
 
     def _ensure_graph(self) -> Path:
         """The features graph, exported by a child process the first time it is needed."""
@@ -148,24 +148,33 @@ class HeadService:
         return self.root / f"{int(product_id)}.choice.json"
 
     # ---- lifecycle
-    def load_all(self) -> int:
-        """Heads fitted before a restart serve again (an unreadable one is refitted later)."""
-        found = 0
+    def load_all(self) -> list[int]:
+        """Heads fitted before a restart serve again. Returns the products whose head must be
+        fitted again: unreadable, or fitted at another input size (``heads.image_size``
+        changed, or an earlier release's 256); graphs of other sizes are removed."""
+        refit = []
+        for path in sorted(self.root.glob("features*.onnx")):
+            if path != self.graph_path:
+                path.unlink(missing_ok=True)
+                log.info("removed %s (heads now read %d px)", path.name, self.options.image_size)
         for path in sorted(self.root.glob("*.npz")):
             if not path.stem.isdigit():
                 continue
             try:
                 head = H.Head.load(path)
+                if head.image_size != self.options.image_size:
+                    raise H.HeadError(f"fitted at {head.image_size} px, heads now read "
+                                      f"{self.options.image_size}")
                 self._publish(int(path.stem), head, path.stat(), None)
-                found += 1
             except (H.HeadError, OSError) as exc:
-                log.warning("ignoring head %s: %s", path.name, exc)
+                log.warning("ignoring head %s, to be fitted again: %s", path.name, exc)
+                refit.append(int(path.stem))
         for path in sorted(self.root.glob("*.choice.json")):
             try:
                 self._choices[int(path.name.split(".")[0])] = json.loads(path.read_text())
             except (ValueError, OSError) as exc:  # made again at the next promotion
                 log.warning("ignoring serving choice %s: %s", path.name, exc)
-        return found
+        return refit
 
     def shutdown(self) -> None:
         self._closing.set()
@@ -308,7 +317,7 @@ class HeadService:
 
     def _make_choice(self, product_id: int, version_dir: Path,
                      captures: Callable[[], list[Path]], generation: int) -> dict | None:
-        from edge_runtime.inference.model_dir import MERGED
+        from edge_runtime.inference.model_dir import MERGED, read_manifest
 
         options = self.options
         stamp = self._head_stamp(product_id)
@@ -320,14 +329,16 @@ class HeadService:
             return self._student_because(product_id, version_dir.name, stamp,
                                          f"{len(held)} held-out captures; a choice needs "
                                          f"{MIN_NORMALS}")
-        request = {"student_graph": str(version_dir / MERGED),
-                   "features_graph": str(self.graph_path), "head": str(self.head_path(product_id)),
-                   "image_size": options.image_size, "threads": options.threads,
-                   "seed": options.seed, "held": [str(images[i]) for i in held],
-                   "version": version_dir.name, "head_fitted_at": stamp,
-                   "out": str(self.choice_path(product_id))}
         started = time.perf_counter()
         try:
+            request = {"student_graph": str(version_dir / MERGED),
+                       "features_graph": str(self.graph_path),
+                       "head": str(self.head_path(product_id)),
+                       "image_size": read_manifest(version_dir, verify=False).image_size,
+                       "head_image_size": options.image_size, "threads": options.threads,
+                       "seed": options.seed, "held": [str(images[i]) for i in held],
+                       "version": version_dir.name, "head_fitted_at": stamp,
+                       "out": str(self.choice_path(product_id))}
             with self._runner_lock:
                 self._ensure_graph()
             self._run_child(request, lambda: self._choosing.get(product_id) != generation,

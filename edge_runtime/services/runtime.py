@@ -70,7 +70,7 @@ def build_runtime(settings: Settings) -> Runtime:
         pixel_format=cam.pixel_format, pipeline=cam.pipeline))
     products = ProductService(db, models)
     heads = HeadService(layout.heads, HeadOptions.from_settings(settings))
-    heads.load_all()
+    stale_heads = heads.load_all()
 
     def fit_head(product: dict) -> None:
         """Captures stored: refit the head of a product the student does not know yet, or
@@ -94,6 +94,9 @@ def build_runtime(settings: Settings) -> Runtime:
 
     heads.on_ready = head_ready
     captures = CaptureService(db, layout, camera, on_stored=fit_head)
+    for product_id in stale_heads:  # fitted again from the stored captures, as after storing
+        if product_id in products.names():
+            fit_head(products.get(product_id))
     if models.live:
         choose(models.live)  # made for another version, or never
     maps = MapStore(layout.maps, int(settings.inspection.keep_maps_mb * 2**20))

@@ -1,7 +1,9 @@
 """Choose a trained product's serving path (student or head), in a child process of the API.
 
 Both graphs run on the product's held-out normal captures and on synthetic defects made
-from them (evaluation/serving_choice.py); numpy + ORT only, like the API, and whatever the
+from them at the student's input size (evaluation/serving_choice.py); the head sees them
+resized to its own input, as it sees a capture, and its maps are resized back, so both are
+scored on the same masks. numpy + ORT only, like the API, and whatever the
 two sessions and the maps take leaves with the process. The request is one JSON object on
 stdin; the result is written atomically to ``out`` as JSON; a failure's reason is the last
 line of stderr.
@@ -22,17 +24,20 @@ def choose(request: dict) -> dict:
     from edge_runtime.evaluation import serving_choice
     from edge_runtime.inference import heads as H
     from edge_runtime.inference.inferencer import AnomalyInferencer
-    from edge_runtime.inference.preprocess import load_rgb, normalise
+    from edge_runtime.inference.preprocess import fit_rgb, load_rgb, normalise
 
-    size, threads = request["image_size"], request["threads"]
+    size, threads = request["image_size"], request["threads"]  # the student's input side
     student = AnomalyInferencer(request["student_graph"], size, threads)
-    head = H.HeadInferencer(H.FeatureRunner(request["features_graph"], size, threads,
-                                            arena=False), H.Head.load(request["head"]))
+    head = H.HeadInferencer(H.FeatureRunner(request["features_graph"],
+                                            request["head_image_size"], threads, arena=False),
+                            H.Head.load(request["head"]))
 
     def scorer(inferencer: AnomalyInferencer) -> serving_choice.Scorer:
         def score(rgb: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
-            maps, scores = inferencer.forward(normalise(rgb))
-            return maps[:, 0], scores
+            own = inferencer.image_size
+            batch = rgb if own == size else np.stack([fit_rgb(image, own) for image in rgb])
+            maps, scores = inferencer.forward(normalise(batch))
+            return H.resize_maps(maps[:, 0], size), scores
         return score
 
     normals = [load_rgb(path, size) for path in request["held"]]
