@@ -79,6 +79,9 @@ def test_operator_flow_in_a_browser(daemon, browser, data_root, tmp_path):
     shot = Shots(browser, tmp_path)
     wait = WebDriverWait(browser, 15, poll_frequency=0.05)
     _viewport(browser, 1280, 720)
+    # no part yet: no overlay (not an empty image box with its alt text)
+    _go(browser, daemon, "line")
+    assert not browser.find_element(By.ID, "latest-map").is_displayed()
 
     # products: create one and upload captures through the file input
     _go(browser, daemon, "products")
