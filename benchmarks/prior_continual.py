@@ -32,7 +32,7 @@ from pathlib import Path
 import numpy as np
 from _common import SHARED, emit_json, print_table
 from onboarding import features_graph
-from quality import combine_maps, prior_scoring_macs
+from quality import combine_maps
 from tqdm import tqdm
 
 from edge_runtime.dataset import test_samples, train_images
@@ -41,9 +41,9 @@ from edge_runtime.inference import model_dir as md
 from edge_runtime.inference.heads import (
     IMAGE_SIZE,
     FeatureRunner,
+    Head,
     HeadConfig,
     fit_head,
-    padim_dim,
     resize_maps,
 )
 from edge_runtime.inference.inferencer import AnomalyInferencer
@@ -67,7 +67,7 @@ def embeddings(runner: FeatureRunner, paths: list, desc: str) -> np.ndarray:
         for start in tqdm(range(0, len(paths), 8), desc=desc, leave=False)])
 
 
-def one_product(category: str, args, inferencer, runner) -> dict[str, float]:
+def one_product(category: str, args, inferencer, runner) -> tuple[dict[str, float], Head]:
     size = inferencer.image_size
     images = train_images(args.data, category, args.max_train_images)
     train_idx, hold_idx = holdout_split(len(images), args.val_fraction, args.seed)
@@ -86,7 +86,7 @@ def one_product(category: str, args, inferencer, runner) -> dict[str, float]:
     tqdm.write(f"{category}: {json.dumps(choice)}")
     selected = prior if choice["choice"] == serving_choice.HEAD else student
     return {name: metrics.f1_max(masks, maps)
-            for name, maps in zip(ROWS, (student, prior, combined, selected), strict=True)}
+            for name, maps in zip(ROWS, (student, prior, combined, selected), strict=True)}, head
 
 
 def choose(inferencer, runner, head, hold: list, size: int, seed: int) -> dict:
@@ -105,25 +105,17 @@ def choose(inferencer, runner, head, hold: list, size: int, seed: int) -> dict:
                                             serving_choice.HEAD: prior}, seed)
 
 
-def graph_macs(head_size: int) -> dict[str, int]:
-    """The student graph's MACs vs the features graph's plus the PaDiM scoring (counted as
-    quality.py counts the prior, at the projection width a 2 MB head allows)."""
-    import torch
-
-    from edge_runtime.model.macs import inference_macs
+def graph_macs(heads: list[Head]) -> dict[str, int]:
+    """The student graph's MACs vs the features graph's plus the costliest head's numpy
+    scoring, as the daemon's /status counts them."""
+    from edge_runtime.model.macs import features_graph_macs, inference_macs
     from edge_runtime.model.torch_model import ModelSpec, build_parts
 
-    spec, head_spec = ModelSpec.paste(), ModelSpec.paste(head_size)
+    spec = ModelSpec.paste()
     trunk, teacher, student = build_parts(spec)
-    head_parts = inference_macs(head_spec, trunk, teacher, student)
-    with torch.no_grad():
-        taps = teacher(trunk(torch.zeros(1, 3, head_size, head_size)))
-    grid = taps[0].shape[-1]
-    dim = padim_dim(HeadConfig(), sum(t.shape[1] for t in taps), grid * grid)
-    scoring = prior_scoring_macs(taps, dim, "full", spec.map_size)
+    graph = features_graph_macs(trunk, teacher, heads[0].image_size)
     return {"student_graph": inference_macs(spec, trunk, teacher, student)["total"],
-            "features_graph_and_prior": head_parts["trunk"] + head_parts["teacher_tail"]
-            + scoring}
+            "features_graph_and_prior": graph + max(h.scoring_macs for h in heads)}
 
 
 def main() -> None:
@@ -146,12 +138,14 @@ def main() -> None:
     with tempfile.TemporaryDirectory() as tmp:
         graph = features_graph(Path(tmp) / "features.onnx", args.head_size)
         runner = FeatureRunner(graph, args.head_size, args.threads)
-        per_task = {c: one_product(c, args, inferencer, runner)
-                    for c in tqdm(args.categories.split(","), desc="products")}
+        done = {c: one_product(c, args, inferencer, runner)
+                for c in tqdm(args.categories.split(","), desc="products")}
+    per_task = {c: rows for c, (rows, _) in done.items()}
     means = {row: float(np.mean([v[row] for v in per_task.values()])) for row in ROWS}
     print_table(["product", *ROWS], [[c, *(round(v[r], 4) for r in ROWS)]
                                      for c, v in [*per_task.items(), ("MEAN", means)]])
-    emit_json({"per_task": per_task, "mean_pixel_f1": means, "macs": graph_macs(args.head_size)})
+    emit_json({"per_task": per_task, "mean_pixel_f1": means,
+               "macs": graph_macs([head for _, head in done.values()])})
 
 
 if __name__ == "__main__":

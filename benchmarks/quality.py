@@ -314,7 +314,7 @@ def run_recipe(recipe: Recipe, feats: Samples, eval_sets: list, seed: int, selec
     import numpy as np
 
     from edge_runtime.inference.thresholds import calibrate
-    from edge_runtime.model.macs import inference_macs
+    from edge_runtime.model.macs import features_graph_macs, inference_macs
     from edge_runtime.model.torch_model import ModelSpec, PasteModel, build_parts
     from edge_runtime.training.loop import holdout_split
 
@@ -348,8 +348,9 @@ def run_recipe(recipe: Recipe, feats: Samples, eval_sets: list, seed: int, selec
                               head_spec)
         fit = time.perf_counter() - started
         seconds = fit if recipe.serve == "head" else seconds + fit
-        trunk_macs = inference_macs(head_spec, *build_parts(head_spec))["trunk"]
-        macs["head"] = trunk_macs + head.teacher_macs + head.macs
+        # as the daemon reports it: the features graph, then the head's numpy scoring
+        graph_macs = features_graph_macs(*build_parts(head_spec)[:2], head_spec.image_size)
+        macs["head"] = graph_macs + head.head.scoring_macs
 
         def head_path(f: Samples):
             maps, scores = head.maps(f.head)

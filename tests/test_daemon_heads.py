@@ -68,6 +68,9 @@ def test_head_serves_before_training_and_the_student_takes_over(tmp_path, data_r
         status = c.get("/status").json()
         assert status["products"][0]["served_by"] == "padim"
         assert status["products"][0]["trained"] is False
+        # MACs per part through the head: the 288 px features graph (counted by the child
+        # that exported it) and the head's scoring, under the student graph's 207.8 M
+        assert 180e6 < status["heads"]["products"][str(product)]["macs"] < 207_785_984
         state = c.get(f"/products/{product}/head").json()
         assert state["status"] == "ready" and state["captures"] == 40
         assert 0 < state["bytes"] <= MAX_BYTES and status["heads"]["bytes"] == state["bytes"]

@@ -267,6 +267,32 @@ def test_fitting_batch_by_batch_equals_fitting_at_once(bottle, runner):
                                    whole.maps(bottle["test"][:2])[0], rtol=2e-2, atol=1e-3)
 
 
+def test_the_head_at_its_input_size_costs_less_than_the_student_graph(backbone_files, bottle,
+                                                                      runner):
+    from edge_runtime.model.macs import features_graph_macs, inference_macs
+    from edge_runtime.model.torch_model import ModelSpec, build_parts
+
+    spec = ModelSpec.paste()
+    trunk, teacher, student = build_parts(spec, backbone_files)
+    student_graph = inference_macs(spec, trunk, teacher, student)["total"]
+    graph = features_graph_macs(trunk, teacher, H.IMAGE_SIZE)
+    grid = H.IMAGE_SIZE // 8  # layer 6's stride
+    dim = H.padim_dim(H.HeadConfig(), runner.dim, grid * grid)
+    rng = np.random.default_rng(0)  # only the shapes count
+    head = H.fit_head(rng.standard_normal((4, grid * grid, runner.dim)).astype(np.float32),
+                      H.HeadConfig(), H.IMAGE_SIZE, grid)
+    assert head.arrays["projection"].shape == (runner.dim, dim)
+    assert graph + head.scoring_macs < student_graph  # the budget IMAGE_SIZE was chosen in
+    assert features_graph_macs(trunk, teacher, 320) > student_graph  # the next size is not
+    fitted = {kind: H.fit_head(bottle["train"], H.HeadConfig(kind=kind, dim=16, max_bytes=2**40,
+                                                             bank_patches=100), SIZE, 32)
+              for kind in H.KINDS}
+    # per position: projection, then 16 x 16 whitening or 100 bank distances of 16
+    resize = SIZE * 1024 + SIZE * SIZE * 32
+    assert fitted["padim"].scoring_macs == 1024 * (runner.dim * 16 + 16 * 16) + resize
+    assert fitted["patchcore"].scoring_macs == 1024 * (runner.dim * 16 + 100 * 16) + resize
+
+
 def test_head_settings_name_the_heads_choices_and_reject_others():
     from edge_runtime.settings import HEAD_COVARIANCES, HEAD_KINDS, SettingsError, load_settings
 

@@ -40,7 +40,7 @@ KINDS = ("patchcore", "padim")
 COVARIANCES = ("full", "shared", "diagonal")
 SMOOTH_SIGMA = 4.0  # pixels at the output size, as in PatchCore's map smoothing
 # The head's input side: the largest multiple of 32 at which the features graph and the
-# head (~194 M MACs) stay under the student graph at 256 (207.8 M). On the validation
+# head (196.5 M MACs) stay under the student graph at 256 (207.8 M). On the validation
 # split it beat 256 on every shared product (benchmarks/quality.py, README).
 IMAGE_SIZE = 288
 Source = str | os.PathLike[str] | bytes
@@ -230,6 +230,23 @@ class Head:
         maps = np.einsum("Hh,nhw,Ww->nHW", self._to_image, scores, self._to_image,
                          optimize=True).astype(np.float32)
         return maps, maps.max(axis=(1, 2))
+
+    @property
+    def scoring_macs(self) -> int:
+        """MACs of patch_scores and to_maps for one image, as they run: the projection, the
+        whitening (or the nearest-neighbour search) per position, and the separable resize
+        and smoothing of the grid to the input size."""
+        a = self.arrays
+        positions, (dim_in, dim) = self.grid * self.grid, a["projection"].shape
+        if self.kind == "patchcore":
+            compare = len(a["bank"]) * dim
+        elif "precision" in a and a["precision"].ndim == 2:  # diagonal
+            compare = dim
+        else:  # full (per position) or shared whitening
+            compare = dim * dim
+        size = self.image_size
+        return int(positions * (dim_in * dim + compare) + size * positions
+                   + size * size * self.grid)
 
     # ---- persistence
     def to_bytes(self) -> bytes:

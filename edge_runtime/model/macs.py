@@ -74,6 +74,20 @@ def inference_macs(spec: ModelSpec, trunk: Trunk, teacher: Tail, student: Tail) 
     return parts | {"total": sum(parts.values())}
 
 
+def features_graph_macs(trunk: Trunk, teacher: Tail, image_size: int) -> int:
+    """MACs of the memory-bank heads' features graph (onnx_export.PatchEmbedding): trunk,
+    teacher tail, each tap's 3x3 averaging and its bilinear resampling to the first tap's
+    grid (what the head then does in numpy is Head.scoring_macs)."""
+    image = torch.zeros(1, 3, image_size, image_size)
+    with torch.no_grad():
+        trunk_macs, features = _forward_macs(trunk, image)
+        teacher_macs, taps = _forward_macs(teacher, features)
+    grid = taps[0].shape[-1]
+    pooling = sum(t[0].numel() * 9 for t in taps)
+    resample = sum(t.shape[1] * grid * grid * 4 for t in taps if t.shape[-1] != grid)
+    return int(trunk_macs + teacher_macs + pooling + resample)
+
+
 def training_step_macs(
     spec: ModelSpec, trunk: Trunk, teacher: Tail, student: Tail, batch_size: int = 8
 ) -> dict[str, int]:

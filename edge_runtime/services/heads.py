@@ -100,6 +100,14 @@ class HeadService:
         """Named by its input size: a graph written for another size is never opened."""
         return self.root / f"features-{self.options.image_size}.onnx"
 
+    @property
+    def graph_macs(self) -> int | None:
+        """The features graph's MACs per image (written beside it by its export)."""
+        try:
+            return int(json.loads(self.graph_path.with_suffix(".json").read_text())["macs"])
+        except (OSError, ValueError, KeyError, TypeError):
+            return None
+
     def _ensure_graph(self) -> Path:
         """The features graph, exported by a child process the first time it is needed."""
         if not self.graph_path.exists():
@@ -153,8 +161,9 @@ class HeadService:
         fitted again: unreadable, or fitted at another input size (``heads.image_size``
         changed, or an earlier release's 256); graphs of other sizes are removed."""
         refit = []
-        for path in sorted(self.root.glob("features*.onnx")):
-            if path != self.graph_path:
+        keep = {self.graph_path, self.graph_path.with_suffix(".json")}
+        for path in sorted(self.root.glob("features*")):
+            if path not in keep:
                 path.unlink(missing_ok=True)
                 log.info("removed %s (heads now read %d px)", path.name, self.options.image_size)
         for path in sorted(self.root.glob("*.npz")):
@@ -411,8 +420,12 @@ class HeadService:
             return dict(self._state.get(product_id, {"status": "none"}))
 
     def status(self) -> dict:
+        graph = self.graph_macs
         with self._lock:
             products = {str(pid): dict(s) for pid, s in self._state.items()}
+            for pid, head in self._heads.items():  # per part: the graph, then the head's numpy
+                if str(pid) in products and graph is not None:
+                    products[str(pid)]["macs"] = graph + head.scoring_macs
             for pid, choice in self._choices.items():
                 if str(pid) in products:
                     products[str(pid)]["serving_choice"] = {

@@ -502,12 +502,15 @@ loaders.system = async () => {
   const store = s.replay_store;
   const replay = store ? Object.entries(store.products).map(([n, p]) =>
     `${esc(n)}: ${(p.payload_bytes / 2 ** 20).toFixed(2)} MB (${p.samples})`).join(", ") + ` · codec ${esc(store.codec)}` : "empty";
+  const headMacs = Object.values(s.heads?.products || {}).map((h) => h.macs).filter(Boolean);
+  const macs = [s.macs ? `${(s.macs.total / 1e6).toFixed(1)} M student` : "",
+    headMacs.length ? `${(Math.max(...headMacs) / 1e6).toFixed(1)} M head` : ""];
   const rows = [
     ["model version", s.model_version ?? "none"],
     ["API RAM", `${s.rss_mb} MB`],
     ["training worker", s.job ? `job ${s.job.id} ${s.job.phase} ${Math.round(s.job.percent || 0)}%` : "idle"],
     ["latency p50 / p95 / p99", lat.count ? `${lat.p50_ms} / ${lat.p95_ms} / ${lat.p99_ms} ms (${lat.count})` : "no inspections yet"],
-    ["MACs per part", s.macs ? `${(s.macs.total / 1e6).toFixed(1)} M` : "–"],
+    ["MACs per part", macs.filter(Boolean).join(" · ") || "–"],
     ["replay store", replay],
     ["camera", `${s.camera.kind}${s.camera.error ? " — " + s.camera.error : ""}`],
     ["uptime", `${Math.round(s.uptime_seconds)} s`],
