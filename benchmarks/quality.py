@@ -402,7 +402,7 @@ def selection_features(cache: FeatureCache, images: list, size: int, seed: int,
     key = f"select|{hashlib.sha1(rgb.tobytes()).hexdigest()}"  # changes with the generator
     feats = _rgb_features(cache, key, rgb, size)
     head_cache, head_size = head
-    head_feats = feats if head_size == size else _rgb_features(head_cache, key, rgb, head_size)
+    head_feats = feats if head_cache is cache else _rgb_features(head_cache, key, rgb, head_size)
     return Samples(feats, head_feats), masks, labels
 
 
@@ -458,30 +458,34 @@ def validation_set(cache: FeatureCache, images: list, size: int, seed: int,
 
 
 def evaluation_data(args: argparse.Namespace, cache: FeatureCache, category: str,
-                    images: list, size: int, head: tuple[FeatureCache, int]) -> tuple:
-    """(training samples, evaluation sets, training image paths): the test split, or for
+                    images: list, size: int) -> tuple:
+    """(training features, evaluation sets, training image paths): the test split, or for
     ``--ablation`` the recipe's part of the training images and the validation set made from
-    the rest; features for the student and for the head (``head``: its cache and input
-    size), masks at the student's size."""
+    the rest."""
+    if args.ablation:
+        rec_idx, val_idx = image_split(len(images), args.seed)
+        validation = validation_set(cache, [images[i] for i in val_idx], size, args.seed,
+                                    args.structural)
+        recipe_images = [images[i] for i in rec_idx]
+        return cache.images(recipe_images), [(*validation, True)], recipe_images
+    test = test_set(cache, args.data, category, size, args.max_test_images)
+    return cache.images(images), [(*test, False)], images
+
+
+def head_features(args: argparse.Namespace, cache: FeatureCache, category: str,
+                  images: list, size: int, head_size: int) -> tuple:
+    """The same images as evaluation_data's, as trunk features at the head's input size
+    (``cache``: its engine): (training features, evaluation features). Synthetic defects
+    are made at the student's ``size`` and resized, as the daemon's choice does."""
     from edge_runtime.dataset import test_samples
 
-    head_cache, head_size = head
     if args.ablation:
         rec_idx, val_idx = image_split(len(images), args.seed)
         held = [images[i] for i in val_idx]
-        feats, masks, labels = validation_set(cache, held, size, args.seed, args.structural)
-        head_feats = feats if head_size == size else validation_set(
-            head_cache, held, size, args.seed, args.structural, head_size)[0]
-        images = [images[i] for i in rec_idx]
-        evaluation = (Samples(feats, head_feats), masks, labels, True)
-    else:
-        feats, masks, labels = test_set(cache, args.data, category, size, args.max_test_images)
-        head_feats = feats if head_size == size else head_cache.images(
-            [s.image for s in test_samples(args.data, category, args.max_test_images)])
-        evaluation = (Samples(feats, head_feats), masks, labels, False)
-    train = cache.images(images)
-    return Samples(train, train if head_size == size else head_cache.images(images)), \
-        [evaluation], images
+        validation = validation_set(cache, held, size, args.seed, args.structural, head_size)
+        return cache.images([images[i] for i in rec_idx]), validation[0]
+    samples = test_samples(args.data, category, args.max_test_images)
+    return cache.images(images), cache.images([s.image for s in samples])
 
 
 # ---------------------------------------------------------------- ablation variants
@@ -676,14 +680,24 @@ def main() -> None:
         for recipe in tqdm(recipes, desc=category, unit="recipe"):
             spec = recipe.spec()
             cache, size = cache_for(spec), spec.image_size
-            head_size = recipe.head_size or HEAD_SIZE
-            head = (cache_for(ModelSpec.paste(head_size)), head_size)
-            if (cache, head) not in loaded:
-                loaded[cache, head] = evaluation_data(args, cache, category, images, size, head)
-            feats, eval_sets, paths = loaded[cache, head]
-            rows = run_recipe(recipe, feats, eval_sets, args.seed,
-                              lambda hold, c=cache, p=paths, s=size, h=head: selection_features(
-                                  c, [p[i] for i in hold], s, args.seed, h))
+            if cache not in loaded:
+                loaded[cache] = evaluation_data(args, cache, category, images, size)
+            train, eval_sets, paths = loaded[cache]
+            head_size = recipe.head_size or HEAD_SIZE  # the head's trunk features, if it serves
+            head_cache = (cache_for(ModelSpec.paste(head_size))
+                          if recipe.serve in ("head", "select") else cache)
+            if head_cache is cache:
+                head_train, head_eval = train, eval_sets[0][0]
+            else:
+                if (cache, head_cache) not in loaded:
+                    loaded[cache, head_cache] = head_features(args, head_cache, category, images,
+                                                              size, head_size)
+                head_train, head_eval = loaded[cache, head_cache]
+            feats_eval, masks, labels, fast = eval_sets[0]
+            rows = run_recipe(recipe, Samples(train, head_train),
+                              [(Samples(feats_eval, head_eval), masks, labels, fast)], args.seed,
+                              lambda hold, c=cache, p=paths, s=size, h=(head_cache, head_size):
+                              selection_features(c, [p[i] for i in hold], s, args.seed, h))
             out[recipe.name][category] = {k: rows[0][k] for k in KEYS}
             extra[recipe.name][category] = {k: rows[0][k] for k in rows[0] if k not in KEYS}
             scores = extra[recipe.name][category].pop("scores")
