@@ -187,17 +187,19 @@ class NormalityPrior:
     """The student's map times a per-product PaDiM map on the frozen teacher's patch
     embeddings (the memory-bank head's, inference/heads.py), as a geometric mean of the two,
     each divided by its held-out normals' 99th-percentile pixel. The teacher features are
-    already computed by the merged graph; the prior adds its aggregation, projection and
-    whitening (``macs``; ``teacher_macs``: the teacher tail up to layer 14, which one graph
-    runs once for both). A benchmark lever: not (yet) what the daemon serves."""
+    already computed by the merged graph; the prior adds its aggregation, projection,
+    whitening and map (``macs``, counted as the daemon counts a head's; ``teacher_macs``:
+    the teacher tail up to layer 14, which one graph runs once for both; ``trunk_macs``:
+    what the head alone adds). A benchmark lever: not (yet) what the daemon serves."""
 
     def __init__(self, train_feats, hold_feats, hold_maps, covariance: str, spec) -> None:
         """``hold_maps``: the student's on the held-out normals (None: the prior serves
         alone, as the daemon's memory-bank head)."""
         import numpy as np
+        import torch
 
         from edge_runtime.inference.heads import HeadConfig, fit_head
-        from edge_runtime.model.macs import inference_macs
+        from edge_runtime.model.macs import embedding_macs, inference_macs
         from edge_runtime.model.onnx_export import PatchEmbedding
         from edge_runtime.model.torch_model import ModelSpec, Trunk, build_parts
 
@@ -206,7 +208,8 @@ class NormalityPrior:
         if spec.split != heads_spec.split:
             raise ValueError("the prior reads the trunk features of the papers' split")
         trunk, teacher, _ = build_parts(heads_spec)
-        self.teacher_macs = inference_macs(heads_spec, trunk, teacher, teacher)["teacher_tail"]
+        parts = inference_macs(heads_spec, trunk, teacher, teacher)
+        self.trunk_macs, self.teacher_macs = parts["trunk"], parts["teacher_tail"]
         self.embedding = PatchEmbedding(Trunk([]), teacher).eval()
         self.spec = spec
         embeddings = self.embed(train_feats)
@@ -215,8 +218,9 @@ class NormalityPrior:
         self.head = fit_head(embeddings, self.config, spec.image_size, self.grid)
         self.student_ref = None if hold_maps is None else float(np.quantile(hold_maps, 0.99))
         self.prior_ref = float(np.quantile(self.head.maps(self.embed(hold_feats))[0], 0.99))
-        dim = int(self.head.meta["dim"])
-        self.macs = self._macs(train_feats[:1], dim, covariance)
+        with torch.no_grad():
+            taps = teacher(torch.from_numpy(train_feats[:1]))
+        self.macs = embedding_macs(taps) + self.head.scoring_macs
 
     def out_of_fold(self, train_feats):
         """Cross-fitted scores of the images it was fitted on, as the daemon's head fit
@@ -253,14 +257,6 @@ class NormalityPrior:
         k = max(1, round(self.spec.score_topk * flat.shape[1])) if self.spec.score_topk else 1
         return maps, np.sort(flat, axis=1)[:, -k:].mean(axis=1)
 
-    def _macs(self, one, dim: int, covariance: str) -> int:
-        import torch
-
-        with torch.no_grad():
-            taps = self.embedding.teacher(torch.from_numpy(one))
-        return prior_scoring_macs(taps, dim, covariance, self.spec.map_size or
-                                  self.spec.image_size)
-
 
 def combine_maps(student, prior, student_ref: float, prior_ref: float):
     """The geometric mean of the two maps, each over its held-out normals' 99th-percentile
@@ -269,19 +265,6 @@ def combine_maps(student, prior, student_ref: float, prior_ref: float):
 
     return np.sqrt(np.maximum(student, 0) / student_ref
                    * np.maximum(prior, 0) / prior_ref).astype(np.float32)
-
-
-def prior_scoring_macs(taps, dim: int, covariance: str, map_side: int) -> int:
-    """What the prior adds to the teacher's taps: 3x3 pooling and bilinear resampling of
-    each tap to the first one's grid, the projection to ``dim``, the whitening, and the
-    separable resize of the prior map to the ``map_side`` composition grid."""
-    grid = taps[0].shape[-1]
-    positions, dim_in = grid * grid, sum(t.shape[1] for t in taps)
-    pooling = sum(t[0].numel() * 9 for t in taps)
-    resample = sum(t.shape[1] * positions * 4 for t in taps if t.shape[-1] != grid)
-    whiten = positions * (dim * dim if covariance == "full" else dim)
-    resize = map_side * positions + map_side * map_side * grid
-    return int(pooling + resample + positions * dim_in * dim + whiten + resize)
 
 
 _TRAINED: dict = {}
@@ -314,8 +297,8 @@ def run_recipe(recipe: Recipe, feats: Samples, eval_sets: list, seed: int, selec
     import numpy as np
 
     from edge_runtime.inference.thresholds import calibrate
-    from edge_runtime.model.macs import features_graph_macs, inference_macs
-    from edge_runtime.model.torch_model import ModelSpec, PasteModel, build_parts
+    from edge_runtime.model.macs import inference_macs
+    from edge_runtime.model.torch_model import ModelSpec, PasteModel
     from edge_runtime.training.loop import holdout_split
 
     config = recipe.config(seed)
@@ -349,8 +332,7 @@ def run_recipe(recipe: Recipe, feats: Samples, eval_sets: list, seed: int, selec
         fit = time.perf_counter() - started
         seconds = fit if recipe.serve == "head" else seconds + fit
         # as the daemon reports it: the features graph, then the head's numpy scoring
-        graph_macs = features_graph_macs(*build_parts(head_spec)[:2], head_spec.image_size)
-        macs["head"] = graph_macs + head.head.scoring_macs
+        macs["head"] = head.trunk_macs + head.teacher_macs + head.macs
 
         def head_path(f: Samples):
             maps, scores = head.maps(f.head)

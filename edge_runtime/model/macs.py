@@ -10,7 +10,7 @@ layers) about 50-fold; one corrected formula replaces it here.
 
 from __future__ import annotations
 
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from math import prod
 
 import torch
@@ -82,10 +82,16 @@ def features_graph_macs(trunk: Trunk, teacher: Tail, image_size: int) -> int:
     with torch.no_grad():
         trunk_macs, features = _forward_macs(trunk, image)
         teacher_macs, taps = _forward_macs(teacher, features)
+    return int(trunk_macs + teacher_macs + embedding_macs(taps))
+
+
+def embedding_macs(taps: Sequence[torch.Tensor]) -> int:
+    """PatchEmbedding's work on the teacher's taps: 3x3 averaging, then bilinear resampling
+    (4 MACs per value) of each tap not on the first one's grid."""
     grid = taps[0].shape[-1]
     pooling = sum(t[0].numel() * 9 for t in taps)
     resample = sum(t.shape[1] * grid * grid * 4 for t in taps if t.shape[-1] != grid)
-    return int(trunk_macs + teacher_macs + pooling + resample)
+    return int(pooling + resample)
 
 
 def training_step_macs(

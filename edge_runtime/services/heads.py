@@ -89,6 +89,7 @@ class HeadService:
         self.on_ready: Callable[[int], None] | None = None  # a head was fitted
         self._generation: dict[int, int] = {}  # bumped by each queued fit
         self._runner: H.FeatureRunner | None = None
+        self._graph_macs: int | None = None
         self._last_use = time.monotonic()
         self._executor = ThreadPoolExecutor(max_workers=1, thread_name_prefix="heads")
         self._closing = threading.Event()
@@ -102,11 +103,15 @@ class HeadService:
 
     @property
     def graph_macs(self) -> int | None:
-        """The features graph's MACs per image (written beside it by its export)."""
-        try:
-            return int(json.loads(self.graph_path.with_suffix(".json").read_text())["macs"])
-        except (OSError, ValueError, KeyError, TypeError):
-            return None
+        """The features graph's MACs per image (written beside it by its export), read once:
+        /status asks for them at every poll and every metrics scrape."""
+        if self._graph_macs is None:
+            try:
+                path = self.graph_path.with_suffix(".json")
+                self._graph_macs = int(json.loads(path.read_text())["macs"])
+            except (OSError, ValueError, KeyError, TypeError):
+                return None  # not exported yet
+        return self._graph_macs
 
     def _ensure_graph(self) -> Path:
         """The features graph, exported by a child process the first time it is needed."""
