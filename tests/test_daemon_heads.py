@@ -127,3 +127,51 @@ def test_head_serves_before_training_and_the_student_takes_over(tmp_path, data_r
         assert c.delete(url).status_code == 200
     finally:
         daemon.stop()
+
+
+def _head_ready(c: httpx.Client, product: int, captures: int, timeout: float = 120) -> dict:
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        state = c.get(f"/products/{product}/head").json()
+        if state.get("status") == "ready" and state.get("captures") == captures:
+            return state
+        time.sleep(0.2)
+    raise TimeoutError(f"no head fitted on {captures} captures")
+
+
+def test_a_refit_sets_the_operators_override_aside(tmp_path, data_root):
+    """An override is a number on the scale of the calibration it was set on: once the head
+    is refitted (more captures) it no longer decides, and the product says why."""
+    daemon = Daemon(tmp_path / "data", env={"EDGE_RUNTIME_HEADS_MAX_BYTES": str(MAX_BYTES)})
+    daemon.start()
+    try:
+        c = daemon.client
+        product = c.post("/products", json={"name": "bottle"}).json()["id"]
+        good = data_root / "bottle" / "test" / "good" / "000.png"
+        captures = sorted((data_root / "bottle" / "train" / "good").glob("*.png"))
+        assert daemon.upload(product, captures[:30]).status_code == 201
+        _head_ready(c, product, 30)
+        url = f"/products/{product}/threshold"
+        before = c.get(f"/products/{product}").json()["thresholds"]
+        put = c.put(url, json={"image": before["image"] * 2}).json()["threshold_override"]
+        assert put["active"] is True and put["recalibrated"] is False
+        assert put["set_on"] == {"image": before["image"], "pixel": before["pixel"]}
+        assert daemon.inspect(product, good).json()["threshold"] == pytest.approx(
+            before["image"] * 2)
+
+        assert daemon.upload(product, captures[30:40]).status_code == 201
+        _head_ready(c, product, 40)
+        view = c.get(f"/products/{product}").json()
+        after = view["thresholds"]
+        assert after["image"] != before["image"]
+        override = view["threshold_override"]
+        assert override["recalibrated"] is True and override["active"] is False
+        assert override["image"] == pytest.approx(before["image"] * 2)  # kept, not applied
+        assert daemon.inspect(product, good).json()["threshold"] == pytest.approx(after["image"])
+        # set again, on the new calibration: it decides again
+        again = c.put(url, json={"image": after["image"] * 2}).json()["threshold_override"]
+        assert again["active"] is True and again["set_on"]["image"] == after["image"]
+        assert daemon.inspect(product, good).json()["threshold"] == pytest.approx(
+            after["image"] * 2)
+    finally:
+        daemon.stop()

@@ -96,5 +96,8 @@ def test_old_versions_and_inspection_records_are_pruned(registry, tmp_path, data
     assert service.recent_map(ids[-1]).anomaly_map.shape == (256, 256)
     with pytest.raises(GoneError):  # its record is kept, its map is not
         service.recent_map(ids[-3])
+    # the list says which maps still answer, so a page never asks for a gone one
+    listed = {i["id"]: i["map_available"] for i in service.list(limit=10)["inspections"]}
+    assert listed == {ids[-3]: False, ids[-2]: True, ids[-1]: True}
     with pytest.raises(NotFoundError):  # its record was pruned
         service.recent_map(ids[0])

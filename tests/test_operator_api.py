@@ -218,6 +218,18 @@ def test_promotion_result_reports_moved_thresholds():
                                                       "ratio": round(0.00314 / 0.00756, 4)}}
     assert result["products"] == ["bottle", "transistor"]
     assert promotion_result(new, new, "v2", "v3")["threshold_changes"] == {}
+    # the operator's override on bottle was set on v000001's calibration: set aside by v2
+    row = {"name": "bottle", "image_threshold_override": 0.009, "pixel_threshold_override": None,
+           "threshold_override_for": "student", "override_basis_image": 0.00756,
+           "override_basis_pixel": 0.01}
+    assert promotion_result(old, new, "v1", "v2", [row])["overrides_set_aside"] == {
+        "bottle": 0.009}
+    assert promotion_result(old, old, "v1", "v2", [row])["overrides_set_aside"] == {}
+    # one on the head's scores, or set on a calibration already replaced: nothing new to say
+    head_row = row | {"threshold_override_for": "padim"}
+    stale_row = row | {"override_basis_image": 0.5}
+    assert promotion_result(old, new, "v1", "v2", [head_row, stale_row])[
+        "overrides_set_aside"] == {}
 
 
 def test_calibration_keeps_the_held_out_scores(daemon, bottle):
@@ -246,6 +258,7 @@ def test_kept_maps_stay_within_their_disk_budget(tmp_path):
     assert back.verdict == "reject" and back.thresholds.image == 0.5
     assert np.array_equal(back.rgb, recent.rgb)
     assert store.load(MapStore.file_name(1)) is None
+    assert store.has(7) and not store.has(1)  # what the inspection list reports as kept
     assert MapStore(tmp_path / "none", 0).save(1, recent) is None
 
 
@@ -272,6 +285,6 @@ def test_a_version_2_database_gains_the_new_columns(tmp_path):
         assert "name" in columns
         assert {row[1] for row in conn.execute("PRAGMA table_info(inspections)")} >= {
             "label", "map_file"}
-        assert "threshold_override_for" in {
+        assert {"threshold_override_for", "override_basis_image", "override_basis_pixel"} <= {
             row[1] for row in conn.execute("PRAGMA table_info(products)")}
         assert conn.execute("PRAGMA user_version").fetchone()[0] == 3

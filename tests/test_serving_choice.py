@@ -215,3 +215,24 @@ def test_an_override_decides_only_the_path_it_was_set_for():
     assert decided(head, "padim") == 12.0 and decided(student, "padim") == 0.01
     assert decided(student, "student") == 12.0 and decided(head, "student") == 8.0
     assert decided(student, None) == 12.0 and decided(head, None) == 8.0  # untagged: student's
+
+
+def test_an_override_is_set_aside_when_its_path_is_recalibrated():
+    from edge_runtime.inference.thresholds import Thresholds
+    from edge_runtime.services.inspection import Answerer, InspectionService
+
+    service = InspectionService.__new__(InspectionService)
+    product = {"image_threshold_override": 12.0, "pixel_threshold_override": None,
+               "threshold_override_for": "padim", "override_basis_image": 8.0,
+               "override_basis_pixel": 9.0}
+
+    def decided(calibrated: Thresholds) -> float:
+        service.calibrated = lambda _: Answerer(None, calibrated, "head-padim", "padim")
+        return service.answerer(product).thresholds.image
+
+    assert decided(Thresholds(8.0, 9.0)) == 12.0  # the calibration it was set on
+    assert decided(Thresholds(8.4, 9.0)) == 8.4  # refitted: on a new scale, set aside
+    assert decided(Thresholds(8.0, 9.5)) == 8.0
+    legacy = product | {"override_basis_image": None, "override_basis_pixel": None}
+    service.calibrated = lambda _: Answerer(None, Thresholds(8.4, 9.0), "head-padim", "padim")
+    assert service.answerer(legacy).thresholds.image == 12.0  # set before bases were kept

@@ -30,11 +30,22 @@ class CalibratedThresholds(Thresholds):
                                           "they were calibrated on")
 
 
+class CalibratedPair(BaseModel):
+    image: float | None = None
+    pixel: float | None = None
+
+
 class ThresholdOverride(Thresholds):
     set_for: str | None = Field(default=None, description="who answered when it was set "
                                 "(student or a head's kind): it applies only to that path's "
                                 "scores")
-    active: bool = Field(default=False, description="set, and the path it was set for answers")
+    active: bool = Field(default=False, description="it decides: set, the path it was set "
+                         "for answers, and that path's calibration is the one it was set on")
+    recalibrated: bool = Field(default=False, description="set aside: the path it was set "
+                               "for has been recalibrated since (retrained or refitted), so "
+                               "its values are on an old scale; set it again to apply")
+    set_on: CalibratedPair | None = Field(default=None, description="that path's calibrated "
+                                          "thresholds when it was set")
 
 
 class ProductOut(BaseModel):
@@ -94,8 +105,10 @@ class JobOut(BaseModel):
     percent: float = Field(default=0.0, description="0-100 over all phases")
     version: str | None
     error: str | None
-    result: dict | None = Field(default=None, description="version, thresholds and the "
-                                "threshold_changes a succeeded job made")
+    result: dict | None = Field(default=None, description="version, thresholds, the "
+                                "threshold_changes a succeeded job made and the operator "
+                                "overrides it set aside (overrides_set_aside: product -> "
+                                "the image override no longer applied)")
     created_at: float
     started_at: float | None
     finished_at: float | None
@@ -132,7 +145,10 @@ class InspectionRow(_Inspection):
     source: str
     created_at: float
     label: str | None
-    map_kept: bool = Field(description="the map is kept on disk (rejects, reviewed parts)")
+    map_kept: bool = Field(description="the map is kept on disk (rejects, reviewed parts; "
+                           "within inspection.keep_maps_mb, oldest first out)")
+    map_available: bool = Field(default=False, description="map_url answers now: kept on disk "
+                                "or still among the recent maps in RAM (else 410)")
     map_url: str
 
 

@@ -23,7 +23,7 @@ from edge_runtime.services.health import Health
 from edge_runtime.services.map_store import MapStore, RecentMap
 from edge_runtime.services.metrics import Metrics
 from edge_runtime.services.models import LiveModel, ModelRegistry
-from edge_runtime.services.products import ProductService
+from edge_runtime.services.products import STUDENT, ProductService, override_applies
 from edge_runtime.storage import repositories as repo
 from edge_runtime.storage.db import Database, StorageFullError
 
@@ -48,9 +48,6 @@ class InspectionRecord:
     latency_ms: float
     model_version: str
     head: str  # who answered: "student", or the memory-bank head's kind before training
-
-
-STUDENT = "student"
 
 
 @dataclass(frozen=True)
@@ -86,11 +83,11 @@ class InspectionService:
 
     def answerer(self, product: dict) -> Answerer:
         """Who answers (``calibrated``), with the operator's threshold override when it was
-        set on that path's scores: a head's and the student's scores are on other scales,
-        so an override set for one never decides the other's verdicts (one set before
-        overrides were tagged was set on the student's)."""
+        set on that path's scores and its calibration still holds: a head's and the
+        student's scores are on other scales, and a retrained student's or a refitted
+        head's on a new one, so an override never decides on a scale it was not set on."""
         path = self.calibrated(product)
-        if (product.get("threshold_override_for") or STUDENT) != path.head:
+        if not override_applies(product, path.head, path.thresholds):
             return path
         overrides = product["image_threshold_override"], product["pixel_threshold_override"]
         return replace(path, thresholds=path.thresholds.overridden(*overrides))
@@ -116,7 +113,7 @@ class InspectionService:
         if inferencer is not None:
             return Answerer(inferencer, head.thresholds, f"head-{head.kind}", head.kind)
         if live is None or calibrated is None:
-            self.products.thresholds(product)  # raises NotTrainedError, the usual message
+            self.products.require_trained(product)  # raises NotTrainedError
         return Answerer(live.inferencer, calibrated, live.version, STUDENT)
 
     def serving(self, product: dict) -> tuple[str, Thresholds] | None:
@@ -229,8 +226,12 @@ class InspectionService:
     def list(self, limit: int = 50, offset: int = 0, **filters) -> dict:
         with self.db.connect(write=False) as conn:
             rows, total = repo.list_inspections(conn, limit=limit, offset=offset, **filters)
+        with self._lock:
+            in_ram = {row["id"] for row in rows} & self._recent.keys()
         for row in rows:
-            row["map_kept"] = bool(row["map_kept"])
+            row["map_kept"] = bool(row["map_kept"]) and self.maps is not None and \
+                self.maps.has(row["id"])
+            row["map_available"] = row["map_kept"] or row["id"] in in_ram
             row["map_url"] = f"/inspections/{row['id']}/map.png"
         return {"total": total, "limit": limit, "offset": offset, "inspections": rows}
 

@@ -29,6 +29,7 @@ from edge_runtime.replay.accounting import MANIFEST as REPLAY_MANIFEST
 from edge_runtime.services import events
 from edge_runtime.services.errors import JobConflictError, TooFewCapturesError, found
 from edge_runtime.services.models import ModelRegistry
+from edge_runtime.services.products import STUDENT, override_recalibrated, override_set_for
 from edge_runtime.settings import Settings
 from edge_runtime.storage import repositories as repo
 from edge_runtime.storage.db import Database
@@ -62,20 +63,27 @@ def with_result(job: dict) -> dict:
     return job | {"result": json.loads(raw) if raw else None}
 
 
-def promotion_result(old: dict, new: dict, old_version: str | None, version: str) -> dict:
+def promotion_result(old: dict, new: dict, old_version: str | None, version: str,
+                     products: list[dict] = ()) -> dict:
     """What a new version changed: every product's thresholds, and which moved (an
     operator must be told: a moved threshold changes verdicts; they may keep the old one
-    with PUT /products/{id}/threshold)."""
+    with PUT /products/{id}/threshold), and whose override on the student's old scale is
+    set aside by it (``products``: their rows)."""
     changes = {}
     for name, thresholds in new.items():
         previous = old.get(name)
         if previous is not None and abs(previous.image - thresholds.image) > 1e-12:
             changes[name] = {"old": previous.image, "new": thresholds.image,
                              "ratio": round(thresholds.image / previous.image, 4)}
+    set_aside = {
+        p["name"]: p["image_threshold_override"] for p in products
+        if p["name"] in old and p["name"] in new and override_set_for(p) == STUDENT
+        and not override_recalibrated(p, old[p["name"]])
+        and override_recalibrated(p, new[p["name"]])}
     return {"version": version, "previous_version": old_version,
             "products": sorted(new),
             "thresholds": {name: t.to_dict() for name, t in sorted(new.items())},
-            "threshold_changes": changes}
+            "threshold_changes": changes, "overrides_set_aside": set_aside}
 
 
 class JobManager:
@@ -245,16 +253,20 @@ class JobManager:
             log.error("job %d: version %s cannot be promoted: %s", job_id, version, exc)
             self._fail(job_id, f"new version failed verification: {exc}")
             return False
+        with self.db.connect(write=False) as conn:
+            products = repo.list_products(conn)
         result = promotion_result(before.manifest.thresholds if before else {},
                                   live.manifest.thresholds, before.version if before else None,
-                                  live.version)
+                                  live.version, products)
         with self.db.connect() as conn:
             repo.update_job(conn, job_id, only_if_active=True, status="succeeded",
                             finished_at=time.time(), phase="done", percent=100.0,
                             eta_seconds=0.0, result=json.dumps(result))
-        log.info("model %s is live%s", live.version, "".join(
+        log.info("model %s is live%s%s", live.version, "".join(
             f"; {name} threshold {c['old']:.5g} -> {c['new']:.5g}"
-            for name, c in result["threshold_changes"].items()))
+            for name, c in result["threshold_changes"].items()), "".join(
+            f"; {name}'s operator override set aside (set on the old calibration)"
+            for name in result["overrides_set_aside"]))
         self.bus.publish(events.MODEL, {"job_id": job_id, **result})
         return True
 

@@ -62,6 +62,10 @@ class MapStore:
         except (FileNotFoundError, OSError, KeyError, ValueError):
             return None
 
+    def has(self, inspection_id: int) -> bool:
+        """Still on disk: the budget removes the oldest files without touching their rows."""
+        return (self.directory / self.file_name(inspection_id)).is_file()
+
     def delete(self, name: str) -> None:
         (self.directory / Path(name).name).unlink(missing_ok=True)
 

@@ -11,6 +11,31 @@ from edge_runtime.storage import repositories as repo
 from edge_runtime.storage.db import Database
 
 SQLITE_MAX_ID = 2**63 - 1
+STUDENT = "student"
+
+
+def override_set_for(product: dict) -> str | None:
+    """Whose scores the operator's override is on; None when there is none. Untagged (set
+    before overrides were tagged): the student's, the usual case then."""
+    if product["image_threshold_override"] is None and product["pixel_threshold_override"] is None:
+        return None
+    return product.get("threshold_override_for") or STUDENT
+
+
+def override_recalibrated(product: dict, calibrated: Thresholds) -> bool:
+    """The calibration the override was set against has been replaced since (a retrained
+    student, a refitted head): its values are on a scale that no longer holds, so it no
+    longer decides. Overrides set before their basis was recorded keep applying."""
+    basis = product.get("override_basis_image"), product.get("override_basis_pixel")
+    if basis[0] is None:
+        return False
+    return (basis[0], basis[1]) != (calibrated.image, calibrated.pixel)
+
+
+def override_applies(product: dict, who: str, calibrated: Thresholds) -> bool:
+    """The override decides ``who``'s verdicts: set on that path's scores, on the
+    calibration that path has now."""
+    return override_set_for(product) == who and not override_recalibrated(product, calibrated)
 
 
 class ProductService:
@@ -49,37 +74,36 @@ class ProductService:
         return [self.view(p) for p in products]
 
     def set_override(self, product_id: int, image: float | None, pixel: float | None) -> dict:
-        """Values on the scale of the path that answers now, and recorded as such."""
+        """Values on the scale of the path that answers now, on its calibration now: both
+        recorded, so a recalibration sets the override aside instead of reading it on a
+        new scale."""
         serving = self.serving(self.get(product_id)) if self.serving else None
-        answerer = serving[0] if serving and (image is not None or pixel is not None) else None
+        setting = serving is not None and (image is not None or pixel is not None)
+        answerer, calibrated = serving if setting else (None, None)
+        basis = (calibrated.image, calibrated.pixel) if calibrated is not None else None
         with self.db.connect() as conn:
-            repo.set_threshold_override(conn, product_id, image, pixel, answerer)
+            repo.set_threshold_override(conn, product_id, image, pixel, answerer, basis)
         return self.view(self.get(product_id))
 
     def is_trained(self, product: dict) -> bool:
         return self.registry.thresholds(product["name"]) is not None
 
-    def thresholds(self, product: dict) -> Thresholds:
-        """What decides this product's verdicts now: calibrated, then the operator's
-        override where set. NotTrainedError before the first training."""
-        calibrated = self.registry.thresholds(product["name"])
-        if calibrated is None:
+    def require_trained(self, product: dict) -> None:
+        """NotTrainedError, with what to do, before the student's first training."""
+        if self.registry.thresholds(product["name"]) is None:
             raise NotTrainedError(f"product {product['name']!r} has no trained model yet; "
                                   f"add captures and POST /products/{product['id']}/train")
-        return calibrated.overridden(product["image_threshold_override"],
-                                     product["pixel_threshold_override"])
 
     def view(self, product: dict) -> dict:
         with self.db.connect(write=False) as conn:
             captures = repo.count_captures(conn, product["id"])
         student = self.registry.thresholds(product["name"])
         serving = (self.serving(product) if self.serving
-                   else ("student", student) if student else None)  # without the heads
+                   else (STUDENT, student) if student else None)  # without the heads
         who, calibrated = serving or (None, None)
-        image, pixel = product["image_threshold_override"], product["pixel_threshold_override"]
-        overridden = image is not None or pixel is not None
-        # untagged (set before overrides were tagged): taken as the student's, the usual case
-        set_for = (product.get("threshold_override_for") or "student") if overridden else None
+        set_for = override_set_for(product)
+        recalibrated = bool(set_for) and set_for == who and override_recalibrated(
+            product, calibrated)
         return {
             "id": product["id"], "name": product["name"],
             "description": product["description"], "created_at": product["created_at"],
@@ -88,6 +112,12 @@ class ProductService:
                                           "normal_scores": list(calibrated.normal_scores),
                                           "warning": calibrated.warning},
             "threshold_override": {
-                "image": image, "pixel": pixel, "set_for": set_for,
-                "active": overridden and set_for == who},
+                "image": product["image_threshold_override"],
+                "pixel": product["pixel_threshold_override"], "set_for": set_for,
+                "active": bool(set_for) and set_for == who and not recalibrated,
+                "recalibrated": recalibrated,
+                "set_on": ({"image": product["override_basis_image"],
+                            "pixel": product["override_basis_pixel"]}
+                           if set_for and product.get("override_basis_image") is not None
+                           else None)},
         }

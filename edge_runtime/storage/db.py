@@ -27,7 +27,9 @@ CREATE TABLE IF NOT EXISTS products (
     created_at REAL NOT NULL,
     image_threshold_override REAL,
     pixel_threshold_override REAL,
-    threshold_override_for TEXT  -- who answered when it was set (student / a head's kind)
+    threshold_override_for TEXT,  -- who answered when it was set (student / a head's kind)
+    override_basis_image REAL,  -- that path's calibrated thresholds then: the override
+    override_basis_pixel REAL   -- applies while they are still the calibration
 );
 CREATE TABLE IF NOT EXISTS captures (
     id INTEGER PRIMARY KEY AUTOINCREMENT,
@@ -87,6 +89,8 @@ ADDED_COLUMNS = [
     ("inspections", "label", "TEXT"),
     ("inspections", "map_file", "TEXT"),
     ("products", "threshold_override_for", "TEXT"),
+    ("products", "override_basis_image", "REAL"),
+    ("products", "override_basis_pixel", "REAL"),
 ]
 # product names are unique whatever their case ("Bottle" is "bottle")
 NAME_INDEX = ("CREATE UNIQUE INDEX IF NOT EXISTS products_name_nocase "

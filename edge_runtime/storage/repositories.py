@@ -43,11 +43,15 @@ def list_products(conn: sqlite3.Connection) -> list[Row]:
 
 
 def set_threshold_override(conn, product_id: int, image: float | None, pixel: float | None,
-                           answerer: str | None = None):
-    """``answerer``: the path whose score scale the values are on (student / a head's kind)."""
+                           answerer: str | None = None,
+                           basis: tuple[float, float] | None = None):
+    """``answerer``: the path whose score scale the values are on (student / a head's kind);
+    ``basis``: its calibrated (image, pixel) thresholds when they were set."""
+    basis_image, basis_pixel = basis or (None, None)
     conn.execute(
         "UPDATE products SET image_threshold_override = ?, pixel_threshold_override = ?, "
-        "threshold_override_for = ? WHERE id = ?", (image, pixel, answerer, product_id),
+        "threshold_override_for = ?, override_basis_image = ?, override_basis_pixel = ? "
+        "WHERE id = ?", (image, pixel, answerer, basis_image, basis_pixel, product_id),
     )
 
 

@@ -132,7 +132,8 @@ async function loadProducts() {
     return `<tr data-id="${p.id}" class="${p.id === state.selected ? "selected" : ""}">
       <td>${esc(p.name)}</td><td class="count">${p.captures}</td>
       <td>${p.trained ? "yes" : "no"}</td>
-      <td>${t ? fmt(t) : "–"}${override ? " (operator)" : ""}</td>
+      <td>${t ? fmt(t) : "–"}${override ? " (operator)" : ""}${p.threshold_override.recalibrated
+        ? ` <span class="warn" title="set on an earlier calibration; not applied">(override ${fmt(p.threshold_override.image)} set aside)</span>` : ""}</td>
       <td><button class="small" data-open="${p.id}">Open</button></td></tr>`;
   }).join("");
   for (const sel of ["#teach-product", "#thr-product"]) {
@@ -292,12 +293,14 @@ function drawLoss() {
 
 function showResult(r) {
   const changes = Object.entries(r.threshold_changes || {});
+  const aside = r.overrides_set_aside || {};
   const products = Object.entries(r.thresholds || {}).map(([name, t]) =>
     `<li>${esc(name)}: threshold ${fmt(t.image)} (calibrated on ${t.normal_count} held-out good parts)</li>`).join("");
   $("#job-result").innerHTML = `<h2>Model ${esc(r.version)} is live</h2><ul>${products}</ul>` +
     changes.map(([name, c]) => `<div class="change" data-product="${esc(name)}">
       The threshold of <b>${esc(name)}</b> moved from ${fmt(c.old)} to ${fmt(c.new)}
-      (×${fmt(c.ratio, 3)}): its verdicts may change.
+      (×${fmt(c.ratio, 3)}): its verdicts may change.${name in aside
+        ? ` Its operator override (${fmt(aside[name])}) was set on the old scale and is set aside.` : ""}
       <button class="small" data-keep="${esc(name)}" data-value="${c.old}">Keep the old threshold</button>
     </div>`).join("");
 }
@@ -353,11 +356,21 @@ async function loadThreshold() {
       ? `in use: ${fmt(t.current)} set by the operator (calibrated: ${fmt(t.calibrated)})`
       : `in use: ${fmt(t.current)}, calibrated (answered by the ` +
         `${p.served_by === "student" ? "student" : `${p.served_by} head`})` +
-        (p.threshold_override.image ? `; the override of ${fmt(p.threshold_override.image)} ` +
-          `was set for the ${p.threshold_override.set_for}, which does not answer now` : "");
+        overrideAside(p.threshold_override);
   setThreshold(t.value || t.max / 2);
 }
 loaders.threshold = loadThreshold;
+
+// why an override that is set does not decide: another path answers, or a recalibration
+function overrideAside(o) {
+  if (!o.image) return "";
+  if (o.recalibrated) {
+    return `; the override of ${fmt(o.image)} was set when the calibrated threshold was ` +
+      `${fmt(o.set_on.image)}: it has been recalibrated since, so the override is set aside ` +
+      "(set it again to apply it on the new scale)";
+  }
+  return `; the override of ${fmt(o.image)} was set for the ${o.set_for}, which does not answer now`;
+}
 
 function setThreshold(value) {
   const t = state.thr;
@@ -451,8 +464,9 @@ loaders.review = async () => {
   const items = page.inspections.filter((i) => !i.label &&
     (i.verdict === "reject" || i.score > 0.8 * i.threshold)).slice(0, 24);
   $("#review-list").innerHTML = items.length ? items.map((i) => `<figure data-inspection="${i.id}">
-      <img src="${i.map_url}" alt="overlay of inspection ${i.id}"
-           onerror="this.replaceWith(Object.assign(document.createElement('p'),{textContent:'map no longer kept'}))">
+      ${i.map_available ? `<img src="${i.map_url}" alt="overlay of inspection ${i.id}"
+           onerror="this.replaceWith(Object.assign(document.createElement('p'),{textContent:'map no longer kept'}))">`
+        : "<p>map no longer kept</p>"}
       <figcaption><span class="verdict ${verdictClass(i.verdict)}">${esc(i.verdict)}</span>
         #${i.id} ${esc(i.product)} · ${fmt(i.score, 3)} / ${fmt(i.threshold, 3)}</figcaption>
       <div class="row"><button class="ok" data-label="fine">This part is fine</button>
