@@ -4,6 +4,7 @@ request and without flapping (real uvicorn subprocess)."""
 
 from __future__ import annotations
 
+import sqlite3
 import threading
 import time
 
@@ -175,3 +176,24 @@ def test_a_refit_sets_the_operators_override_aside(tmp_path, data_root):
             after["image"] * 2)
     finally:
         daemon.stop()
+
+    # an upgrade: the override was set by a release that kept no basis, and heads now read
+    # another size, so the head is refitted at start-up: the override was on the old head's
+    # scale and is set aside
+    with sqlite3.connect(tmp_path / "data" / "state.db") as conn:
+        conn.execute("UPDATE products SET override_basis_image = NULL, "
+                     "override_basis_pixel = NULL")
+    conn.close()
+    upgraded = Daemon(tmp_path / "data", env={"EDGE_RUNTIME_HEADS_MAX_BYTES": str(MAX_BYTES),
+                                              "EDGE_RUNTIME_HEADS_IMAGE_SIZE": "256"})
+    upgraded.start()
+    try:
+        _head_ready(upgraded.client, product, 40)
+        view = upgraded.client.get(f"/products/{product}").json()
+        override = view["threshold_override"]
+        assert override["set_on"]["image"] == after["image"]  # the 288 px head's calibration
+        assert override["recalibrated"] is True and override["active"] is False
+        assert upgraded.inspect(product, good).json()["threshold"] == pytest.approx(
+            view["thresholds"]["image"])
+    finally:
+        upgraded.stop()

@@ -222,8 +222,10 @@ def test_head_service_fits_off_thread_persists_and_reloads(tmp_path, data_root, 
     again.shutdown()
     # heads.image_size changed (or an upgrade from 256): the head is not served but named
     # for a refit from the stored captures, and the other size's graph is removed
+    fitted = again.head(7).thresholds
     resized = HeadService(tmp_path / "heads", HeadOptions(max_bytes=300_000, image_size=288))
     assert resized.load_all() == [7] and resized.inferencer(7) is None
+    assert resized.replaced == {7: fitted}  # what an override on it was set on
     assert not service.graph_path.exists() and resized.state(7)["status"] == "none"
     resized.shutdown()
     again.forget(7)

@@ -33,6 +33,7 @@ from edge_runtime.atomic import atomic_write_bytes
 from edge_runtime.dataset import spread
 from edge_runtime.evaluation.serving_choice import MIN_NORMALS, RULE
 from edge_runtime.inference import heads as H
+from edge_runtime.inference.thresholds import Thresholds
 from edge_runtime.memory import trim_heap
 from edge_runtime.settings import Settings
 
@@ -90,6 +91,9 @@ class HeadService:
         self._generation: dict[int, int] = {}  # bumped by each queued fit
         self._runner: H.FeatureRunner | None = None
         self._graph_macs: int | None = None
+        # product id -> the calibration of a head load_all found at another size: what an
+        # operator's override was set on until its refit (runtime, legacy overrides)
+        self.replaced: dict[int, Thresholds | None] = {}
         self._last_use = time.monotonic()
         self._executor = ThreadPoolExecutor(max_workers=1, thread_name_prefix="heads")
         self._closing = threading.Event()
@@ -177,6 +181,7 @@ class HeadService:
             try:
                 head = H.Head.load(path)
                 if head.image_size != self.options.image_size:
+                    self.replaced[int(path.stem)] = head.thresholds
                     raise H.HeadError(f"fitted at {head.image_size} px, heads now read "
                                       f"{self.options.image_size}")
                 self._publish(int(path.stem), head, path.stat(), None)

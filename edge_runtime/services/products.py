@@ -85,6 +85,24 @@ class ProductService:
             repo.set_threshold_override(conn, product_id, image, pixel, answerer, basis)
         return self.view(self.get(product_id))
 
+    def record_override_bases(self, calibration: Callable[[dict, str], Thresholds | None]
+                              ) -> list[str]:
+        """Overrides set before their calibration was recorded (an earlier release) get the
+        one their path has at start-up, ``calibration(product, who)``, so the next
+        recalibration sets them aside; names of the products recorded."""
+        recorded = []
+        with self.db.connect() as conn:
+            for product in repo.list_products(conn):
+                who = override_set_for(product)
+                if who is None or product.get("override_basis_image") is not None:
+                    continue
+                calibrated = calibration(product, who)
+                if calibrated is not None:
+                    repo.set_override_basis(conn, product["id"], calibrated.image,
+                                            calibrated.pixel)
+                    recorded.append(product["name"])
+        return recorded
+
     def is_trained(self, product: dict) -> bool:
         return self.registry.thresholds(product["name"]) is not None
 

@@ -7,6 +7,7 @@ from dataclasses import dataclass
 
 from edge_runtime.camera import MonitoredCamera, make_camera
 from edge_runtime.inference.preprocess import set_decode_slots
+from edge_runtime.inference.thresholds import Thresholds
 from edge_runtime.services.captures import CaptureService
 from edge_runtime.services.events import EventBus
 from edge_runtime.services.fleet_metrics import register_fleet_metrics
@@ -18,7 +19,7 @@ from edge_runtime.services.line import LineService
 from edge_runtime.services.map_store import MapStore
 from edge_runtime.services.metrics import Metrics
 from edge_runtime.services.models import ModelRegistry
-from edge_runtime.services.products import ProductService
+from edge_runtime.services.products import STUDENT, ProductService
 from edge_runtime.services.removal import ProductRemoval
 from edge_runtime.services.review import ReviewService
 from edge_runtime.services.status import StatusService
@@ -105,6 +106,19 @@ def build_runtime(settings: Settings) -> Runtime:
                                     settings.inspection.keep_records, maps, heads=heads,
                                     health=health)
     products.serving = inspections.serving
+
+    def calibration_then(product: dict, who: str) -> Thresholds | None:
+        """What an earlier release's override was set on: the student's calibration, or
+        the head's (the one being refitted at another size, if so)."""
+        if who == STUDENT:
+            return models.thresholds(product["name"])
+        if product["id"] in heads.replaced:
+            return heads.replaced[product["id"]]
+        head = heads.head(product["id"])
+        return head.thresholds if head is not None and head.kind == who else None
+
+    for name in products.record_override_bases(calibration_then):
+        log.info("%s: the operator's threshold override now names its calibration", name)
     line = LineService(settings.serial, products, camera, inspections)
     status = StatusService(settings, models, products, jobs, inspections, camera, line, heads,
                            health)

@@ -55,6 +55,11 @@ def set_threshold_override(conn, product_id: int, image: float | None, pixel: fl
     )
 
 
+def set_override_basis(conn, product_id: int, image: float, pixel: float) -> None:
+    conn.execute("UPDATE products SET override_basis_image = ?, override_basis_pixel = ? "
+                 "WHERE id = ?", (image, pixel, product_id))
+
+
 # ---- captures ----------------------------------------------------------------------------
 def add_capture(conn, product_id: int, file: str, source: str, width: int, height: int,
                 size: int, name: str = "") -> Row:
