@@ -39,12 +39,22 @@ def _serving_choice(c: httpx.Client, product: int, version: str, timeout: float 
     raise TimeoutError("no serving choice for the new version")
 
 
-def test_head_serves_before_training_and_the_student_takes_over(tmp_path, data_root):
-    daemon = Daemon(tmp_path / "data", env={"EDGE_RUNTIME_HEADS_MAX_BYTES": str(MAX_BYTES)})
+def _bottle_daemon(tmp_path, env: dict | None = None) -> tuple[Daemon, int]:
+    """A started daemon (heads within MAX_BYTES) with one product, bottle."""
+    daemon = Daemon(tmp_path / "data",
+                    env={"EDGE_RUNTIME_HEADS_MAX_BYTES": str(MAX_BYTES)} | (env or {}))
     daemon.start()
     try:
+        return daemon, daemon.client.post("/products", json={"name": "bottle"}).json()["id"]
+    except Exception:
+        daemon.stop()
+        raise
+
+
+def test_head_serves_before_training_and_the_student_takes_over(tmp_path, data_root):
+    daemon, product = _bottle_daemon(tmp_path)
+    try:
         c = daemon.client
-        product = c.post("/products", json={"name": "bottle"}).json()["id"]
         good = data_root / "bottle" / "test" / "good" / "000.png"
         defect = data_root / "bottle" / "test" / "broken_large" / "000.png"
         assert daemon.inspect(product, good).status_code == 409  # no captures, no head
@@ -143,11 +153,9 @@ def _head_ready(c: httpx.Client, product: int, captures: int, timeout: float = 1
 def test_a_refit_sets_the_operators_override_aside(tmp_path, data_root):
     """An override is a number on the scale of the calibration it was set on: once the head
     is refitted (more captures) it no longer decides, and the product says why."""
-    daemon = Daemon(tmp_path / "data", env={"EDGE_RUNTIME_HEADS_MAX_BYTES": str(MAX_BYTES)})
-    daemon.start()
+    daemon, product = _bottle_daemon(tmp_path)
     try:
         c = daemon.client
-        product = c.post("/products", json={"name": "bottle"}).json()["id"]
         good = data_root / "bottle" / "test" / "good" / "000.png"
         captures = sorted((data_root / "bottle" / "train" / "good").glob("*.png"))
         assert daemon.upload(product, captures[:30]).status_code == 201

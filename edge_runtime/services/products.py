@@ -120,8 +120,7 @@ class ProductService:
                    else (STUDENT, student) if student else None)  # without the heads
         who, calibrated = serving or (None, None)
         set_for = override_set_for(product)
-        recalibrated = bool(set_for) and set_for == who and override_recalibrated(
-            product, calibrated)
+        active = who is not None and override_applies(product, who, calibrated)
         return {
             "id": product["id"], "name": product["name"],
             "description": product["description"], "created_at": product["created_at"],
@@ -132,8 +131,7 @@ class ProductService:
             "threshold_override": {
                 "image": product["image_threshold_override"],
                 "pixel": product["pixel_threshold_override"], "set_for": set_for,
-                "active": bool(set_for) and set_for == who and not recalibrated,
-                "recalibrated": recalibrated,
+                "active": active, "recalibrated": bool(set_for) and set_for == who and not active,
                 "set_on": ({"image": product["override_basis_image"],
                             "pixel": product["override_basis_pixel"]}
                            if set_for and product.get("override_basis_image") is not None
