@@ -94,9 +94,10 @@ def test_features_graph_has_the_teacher_layers_and_normalised_patches(runner, fe
     layer6, layer10, layer14, patches = session.run(None, {"image": image})
     assert layer6.shape == (2, 24, 32, 32) and layer10.shape == (2, 40, 16, 16)
     assert layer14.shape == (2, 96, 8, 8) and patches.shape == (2, 160, 32, 32)
-    for start, stop in ((0, 24), (24, 64), (64, 160)):  # unit length per layer
+    # per layer a unit vector weighted by mean width / width: 2.22, 1.33, 0.56
+    for start, stop in ((0, 24), (24, 64), (64, 160)):
         norms = np.linalg.norm(patches[:, start:stop], axis=1)
-        np.testing.assert_allclose(norms, 1.0, rtol=1e-4)
+        np.testing.assert_allclose(norms, 160 / 3 / (stop - start), rtol=1e-4)
     assert runner.grid == 32 and runner.embed(image).shape == (2, 1024, 160)
 
 
@@ -220,6 +221,15 @@ def test_head_service_fits_off_thread_persists_and_reloads(tmp_path, data_root, 
     assert again.load_all() == [] and again.state(7)["status"] == "ready"
     assert again.inferencer(7).predict(images[0]).score == pytest.approx(result.score, rel=1e-5)
     again.shutdown()
+    assert again.head(7).meta["embedding"] == H.EMBEDDING
+    # a head of an earlier release's patch embedding is named for a refit too
+    earlier = H.Head.load(service.head_path(7))
+    earlier.meta["embedding"] = H.EMBEDDING - 1
+    (tmp_path / "earlier").mkdir()
+    earlier.save(tmp_path / "earlier" / "7.npz")
+    old = HeadService(tmp_path / "earlier", options)
+    assert old.load_all() == [7] and old.inferencer(7) is None and 7 in old.replaced
+    old.shutdown()
     # heads.image_size changed (or an upgrade from 256): the head is not served but named
     # for a refit from the stored captures, and the other size's graph is removed
     fitted = again.head(7).thresholds

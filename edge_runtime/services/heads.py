@@ -102,8 +102,9 @@ class HeadService:
     # ---- features graph
     @property
     def graph_path(self) -> Path:
-        """Named by its input size: a graph written for another size is never opened."""
-        return self.root / f"features-{self.options.image_size}.onnx"
+        """Named by its input size and embedding: a graph written for another is never
+        opened."""
+        return self.root / f"features-{self.options.image_size}-e{H.EMBEDDING}.onnx"
 
     @property
     def graph_macs(self) -> int | None:
@@ -168,22 +169,23 @@ class HeadService:
     def load_all(self) -> list[int]:
         """Heads fitted before a restart serve again. Returns the products whose head must be
         fitted again: unreadable, or fitted at another input size (``heads.image_size``
-        changed, or an earlier release's 256); graphs of other sizes are removed."""
+        changed, or an earlier release's 256) or on an earlier patch embedding; other
+        features graphs are removed."""
         refit = []
         keep = {self.graph_path, self.graph_path.with_suffix(".json")}
         for path in sorted(self.root.glob("features*")):
             if path not in keep:
                 path.unlink(missing_ok=True)
-                log.info("removed %s (heads now read %d px)", path.name, self.options.image_size)
+                log.info("removed %s (heads now read %s)", path.name, self.graph_path.name)
         for path in sorted(self.root.glob("*.npz")):
             if not path.stem.isdigit():
                 continue
             try:
                 head = H.Head.load(path)
-                if head.image_size != self.options.image_size:
+                stale = self._stale(head)
+                if stale:
                     self.replaced[int(path.stem)] = head.thresholds
-                    raise H.HeadError(f"fitted at {head.image_size} px, heads now read "
-                                      f"{self.options.image_size}")
+                    raise H.HeadError(stale)
                 self._publish(int(path.stem), head, path.stat(), None)
             except (H.HeadError, OSError) as exc:
                 log.warning("ignoring head %s, to be fitted again: %s", path.name, exc)
@@ -194,6 +196,15 @@ class HeadService:
             except (ValueError, OSError) as exc:  # made again at the next promotion
                 log.warning("ignoring serving choice %s: %s", path.name, exc)
         return refit
+
+    def _stale(self, head: H.Head) -> str | None:
+        """Why a saved head cannot serve the features graph of today's settings, if so."""
+        if head.image_size != self.options.image_size:
+            return f"fitted at {head.image_size} px, heads now read {self.options.image_size}"
+        embedding = head.meta.get("embedding", 1)
+        if embedding != H.EMBEDDING:
+            return f"fitted on patch embedding {embedding}, heads now use {H.EMBEDDING}"
+        return None
 
     def shutdown(self) -> None:
         self._closing.set()
