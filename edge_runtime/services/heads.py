@@ -91,8 +91,8 @@ class HeadService:
         self._generation: dict[int, int] = {}  # bumped by each queued fit
         self._runner: H.FeatureRunner | None = None
         self._graph_macs: int | None = None
-        # product id -> the calibration of a head load_all found at another size: what an
-        # operator's override was set on until its refit (runtime, legacy overrides)
+        # product id -> the calibration of a head load_all found stale (another size or
+        # embedding): what an operator's override was set on until its refit (runtime)
         self.replaced: dict[int, Thresholds | None] = {}
         self._last_use = time.monotonic()
         self._executor = ThreadPoolExecutor(max_workers=1, thread_name_prefix="heads")

@@ -109,7 +109,7 @@ def build_runtime(settings: Settings) -> Runtime:
 
     def calibration_then(product: dict, who: str) -> Thresholds | None:
         """What an earlier release's override was set on: the student's calibration, or
-        the head's (the one being refitted at another size, if so)."""
+        the head's (the stale one being refitted, if so)."""
         if who == STUDENT:
             return models.thresholds(product["name"])
         if product["id"] in heads.replaced:
