@@ -17,6 +17,8 @@ from edge_runtime.inference.model_dir import CURRENT
 from edge_runtime.inference.overlay import threshold_colours, verdict_overlay
 from edge_runtime.inference.thresholds import Thresholds
 from edge_runtime.services.jobs import promotion_result
+from edge_runtime.storage import repositories as repo
+from edge_runtime.storage.db import SCHEMA_VERSION
 
 
 @pytest.fixture(scope="module")
@@ -287,4 +289,32 @@ def test_a_version_2_database_gains_the_new_columns(tmp_path):
             "label", "map_file"}
         assert {"threshold_override_for", "override_basis_image", "override_basis_pixel"} <= {
             row[1] for row in conn.execute("PRAGMA table_info(products)")}
-        assert conn.execute("PRAGMA user_version").fetchone()[0] == 3
+        assert conn.execute("PRAGMA user_version").fetchone()[0] == SCHEMA_VERSION
+
+
+def test_a_version_3_database_gains_the_override_columns(tmp_path):
+    """A data directory of the release before overrides named their calibration (and of the
+    one before they named their path): version 3, without those columns."""
+    import sqlite3
+
+    from edge_runtime.storage import db as schema
+
+    path = tmp_path / "state.db"
+    conn = sqlite3.connect(path)
+    old = schema.SCHEMA
+    for column in ("override_basis_image", "override_basis_pixel", "threshold_override_for"):
+        old = "\n".join(line for line in old.splitlines() if column not in line)
+    old = old.replace("pixel_threshold_override REAL,", "pixel_threshold_override REAL")
+    conn.executescript(old + "PRAGMA user_version=3;")
+    conn.execute("INSERT INTO products (name, created_at, image_threshold_override) "
+                 "VALUES ('bottle', 0, 7.5)")
+    conn.commit()
+    conn.close()
+    db = schema.Database(path)
+    with db.connect() as conn:
+        row = repo.get_product(conn, 1)
+        assert row["image_threshold_override"] == 7.5 and row["override_basis_image"] is None
+        repo.set_override_basis(conn, 1, 5.0, 6.0)  # what start-up does with such overrides
+        assert conn.execute("PRAGMA user_version").fetchone()[0] == schema.SCHEMA_VERSION
+    with db.connect(write=False) as conn:
+        assert repo.get_product(conn, 1)["override_basis_pixel"] == 6.0

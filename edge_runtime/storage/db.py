@@ -17,8 +17,10 @@ from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
 
-SCHEMA_VERSION = 3  # 2: model_versions dropped (models/CURRENT is the truth)
+SCHEMA_VERSION = 4  # 2: model_versions dropped (models/CURRENT is the truth)
 # 3: capture names, review labels, kept maps, job percent/result, names unique in any case
+# 4: threshold overrides name the path and the calibration they were set on (columns added
+#    to version 3 without a bump before: a version-3 database may lack any of them)
 SCHEMA = """
 CREATE TABLE IF NOT EXISTS products (
     id INTEGER PRIMARY KEY AUTOINCREMENT,
