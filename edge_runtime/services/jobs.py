@@ -19,7 +19,7 @@ import subprocess
 import sys
 import threading
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 
 from edge_runtime.atomic import atomic_write_bytes
 from edge_runtime.data_layout import REPLAY_DIR
@@ -64,7 +64,7 @@ def with_result(job: dict) -> dict:
 
 
 def promotion_result(old: dict, new: dict, old_version: str | None, version: str,
-                     products: list[dict] = ()) -> dict:
+                     products: Sequence[dict] = ()) -> dict:
     """What a new version changed: every product's thresholds, and which moved (an
     operator must be told: a moved threshold changes verdicts; they may keep the old one
     with PUT /products/{id}/threshold), and whose override on the student's old scale is
