@@ -44,11 +44,9 @@ SMOOTH_SIGMA = 4.0  # pixels at the output size, as in PatchCore's map smoothing
 # split it beat 256 on every shared product (benchmarks/quality.py, README).
 IMAGE_SIZE = 288
 # What the features graph's patch embedding is (model/onnx_export.PatchEmbedding): 2 weighs
-# each layer's unit vector by mean width / width (1: unweighted; on the validation split,
-# mean of 3 projection seeds, 2 beat 1 on all three products: pixel AUROC bottle .9920 ->
-# .9942, transistor .9870 -> .9901, magnetic_tile .8967 -> .9005; image AUROC .9693 ->
-# .9851, .9008 -> .9138, .8262 -> .8578). A head fitted on another embedding is not served
-# but fitted again, like one of another size.
+# each layer's unit vector by mean width / width, 1 did not (the validation figures that
+# chose 2 are in README). A head fitted on another embedding is not served but fitted
+# again, like one of another size.
 EMBEDDING = 2
 Source = str | os.PathLike[str] | bytes
 

@@ -60,7 +60,7 @@ class PatchEmbedding(nn.Module):
     (N, sum of channels, grid, grid). The weights (2.22, 1.33, 0.56 for 24, 40 and 96
     channels) let the narrow, finer layers count for more in the heads' distances and
     random projections than one unit vector each. Chosen on the validation split among
-    (mean width / width)^k for k = 0, 0.5, 1, 2 (see heads.EMBEDDING). Done here, in ORT,
+    (mean width / width)^k for k = 0, 0.5, 1, 2 (README). Done here, in ORT,
     because the same in numpy costs more than the network on a board."""
 
     def __init__(self, trunk: Trunk, teacher: Tail) -> None:

@@ -32,8 +32,6 @@ log = logging.getLogger("edge_runtime.inspection")
 # so their maps stay reachable in RAM and never collide with a later record
 UNRECORDED_BASE = 2**62
 
-log = logging.getLogger("edge_runtime.inspection")
-
 
 @dataclass
 class InspectionRecord:

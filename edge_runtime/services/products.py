@@ -22,14 +22,18 @@ def override_set_for(product: dict) -> str | None:
     return product.get("threshold_override_for") or STUDENT
 
 
+def override_basis(product: dict) -> tuple[float, float] | None:
+    """The (image, pixel) calibration the override was set against; None if not recorded."""
+    image = product.get("override_basis_image")
+    return None if image is None else (image, product.get("override_basis_pixel"))
+
+
 def override_recalibrated(product: dict, calibrated: Thresholds) -> bool:
     """The calibration the override was set against has been replaced since (a retrained
     student, a refitted head): its values are on a scale that no longer holds, so it no
     longer decides. Overrides set before their basis was recorded keep applying."""
-    basis = product.get("override_basis_image"), product.get("override_basis_pixel")
-    if basis[0] is None:
-        return False
-    return (basis[0], basis[1]) != (calibrated.image, calibrated.pixel)
+    basis = override_basis(product)
+    return basis is not None and basis != (calibrated.image, calibrated.pixel)
 
 
 def override_applies(product: dict, who: str, calibrated: Thresholds) -> bool:
@@ -94,7 +98,7 @@ class ProductService:
         with self.db.connect() as conn:
             for product in repo.list_products(conn):
                 who = override_set_for(product)
-                if who is None or product.get("override_basis_image") is not None:
+                if who is None or override_basis(product) is not None:
                     continue
                 calibrated = calibration(product, who)
                 if calibrated is not None:
@@ -121,6 +125,7 @@ class ProductService:
         who, calibrated = serving or (None, None)
         set_for = override_set_for(product)
         active = who is not None and override_applies(product, who, calibrated)
+        basis = override_basis(product)
         return {
             "id": product["id"], "name": product["name"],
             "description": product["description"], "created_at": product["created_at"],
@@ -132,8 +137,6 @@ class ProductService:
                 "image": product["image_threshold_override"],
                 "pixel": product["pixel_threshold_override"], "set_for": set_for,
                 "active": active, "recalibrated": bool(set_for) and set_for == who and not active,
-                "set_on": ({"image": product["override_basis_image"],
-                            "pixel": product["override_basis_pixel"]}
-                           if set_for and product.get("override_basis_image") is not None
-                           else None)},
+                "set_on": dict(zip(("image", "pixel"), basis, strict=True))
+                if set_for and basis else None},
         }
