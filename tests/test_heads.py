@@ -230,6 +230,14 @@ def test_head_service_fits_off_thread_persists_and_reloads(tmp_path, data_root, 
     old = HeadService(tmp_path / "earlier", options)
     assert old.load_all() == [7] and old.inferencer(7) is None and 7 in old.replaced
     old.shutdown()
+    # so is one fitted with another covariance regulariser (or before it was recorded)
+    assert again.head(7).meta["epsilon"] == H.EPSILON
+    earlier.meta["embedding"] = H.EMBEDDING
+    del earlier.meta["epsilon"]
+    earlier.save(tmp_path / "earlier" / "7.npz")
+    old = HeadService(tmp_path / "earlier", options)
+    assert old.load_all() == [7] and old.inferencer(7) is None and 7 in old.replaced
+    old.shutdown()
     # heads.image_size changed (or an upgrade from 256): the head is not served but named
     # for a refit from the stored captures, and the other size's graph is removed
     fitted = again.head(7).thresholds

@@ -48,6 +48,10 @@ IMAGE_SIZE = 288
 # chose 2 are in README). A head fitted on another embedding is not served but fitted
 # again, like one of another size.
 EMBEDDING = 2
+# PaDiM's covariance regulariser (epsilon I). 0.003 rather than PaDiM's 0.01: the weighted
+# embedding's per-dimension variances are 0.007-0.08, so 0.01 flattened the Gaussians (the
+# validation figures are in README). A PaDiM head fitted with another is fitted again.
+EPSILON = 0.003
 Source = str | os.PathLike[str] | bytes
 
 
@@ -171,7 +175,7 @@ class HeadConfig:
     bank_patches: int = 2048  # PatchCore coreset size (also capped by max_bytes)
     candidates: int = 40_000  # PatchCore: random subset of patches the coreset is chosen from
     covariance: str = "full"  # PaDiM
-    epsilon: float = 0.01  # PaDiM covariance regulariser
+    epsilon: float = EPSILON  # PaDiM covariance regulariser
     seed: int = 0
 
     def __post_init__(self) -> None:
@@ -456,7 +460,8 @@ def fit_head_batches(batches: Iterable[np.ndarray], count: int, dim_in: int,
 
 
 def _checked(head: Head, count: int, config: HeadConfig) -> Head:
-    head.meta |= {"images": int(count), "seed": config.seed, "embedding": EMBEDDING}
+    head.meta |= {"images": int(count), "seed": config.seed, "embedding": EMBEDDING,
+                  "epsilon": config.epsilon}
     if head.nbytes > config.max_bytes:
         raise HeadError(f"head of {head.nbytes} bytes exceeds max_bytes={config.max_bytes}")
     return head

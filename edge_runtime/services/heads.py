@@ -92,7 +92,7 @@ class HeadService:
         self._runner: H.FeatureRunner | None = None
         self._graph_macs: int | None = None
         # product id -> the calibration of a head load_all found stale (another size or
-        # embedding): what an operator's override was set on until its refit (runtime)
+        # embedding or regulariser): what an operator's override was set on until its refit
         self.replaced: dict[int, Thresholds | None] = {}
         self._last_use = time.monotonic()
         self._executor = ThreadPoolExecutor(max_workers=1, thread_name_prefix="heads")
@@ -169,8 +169,8 @@ class HeadService:
     def load_all(self) -> list[int]:
         """Heads fitted before a restart serve again. Returns the products whose head must be
         fitted again: unreadable, or fitted at another input size (``heads.image_size``
-        changed, or an earlier release's 256) or on an earlier patch embedding; other
-        features graphs are removed."""
+        changed, or an earlier release's 256), on an earlier patch embedding or with another
+        covariance regulariser; other features graphs are removed."""
         refit = []
         keep = {self.graph_path, self.graph_path.with_suffix(".json")}
         for path in sorted(self.root.glob("features*")):
@@ -204,6 +204,9 @@ class HeadService:
         embedding = head.meta.get("embedding", 1)
         if embedding != H.EMBEDDING:
             return f"fitted on patch embedding {embedding}, heads now use {H.EMBEDDING}"
+        epsilon = head.meta.get("epsilon", 0.01)  # before it was recorded: PaDiM's 0.01
+        if head.kind == "padim" and epsilon != H.EPSILON:
+            return f"fitted with covariance regulariser {epsilon}, heads now use {H.EPSILON}"
         return None
 
     def shutdown(self) -> None:
