@@ -17,9 +17,12 @@ class ProductIn(BaseModel):
     description: str = Field(default="", max_length=500)
 
 
-class Thresholds(BaseModel):
+class ThresholdPair(BaseModel):
     image: float | None = None
     pixel: float | None = None
+
+
+class Thresholds(ThresholdPair):
     warning: str | None = Field(default=None, description="calibrated on too few normals to "
                                 "promise the target false-reject rate; add good captures")
 
@@ -28,11 +31,6 @@ class CalibratedThresholds(Thresholds):
     normal_scores: list[float] = Field(
         default_factory=list, description="image scores of the held-out normal captures "
                                           "they were calibrated on")
-
-
-class CalibratedPair(BaseModel):
-    image: float | None = None
-    pixel: float | None = None
 
 
 class ThresholdOverride(Thresholds):
@@ -44,7 +42,7 @@ class ThresholdOverride(Thresholds):
     recalibrated: bool = Field(default=False, description="set aside: the path it was set "
                                "for has been recalibrated since (retrained or refitted), so "
                                "its values are on an old scale; set it again to apply")
-    set_on: CalibratedPair | None = Field(default=None, description="that path's calibrated "
+    set_on: ThresholdPair | None = Field(default=None, description="that path's calibrated "
                                           "thresholds when it was set")
 
 

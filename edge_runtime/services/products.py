@@ -125,7 +125,10 @@ class ProductService:
         who, calibrated = serving or (None, None)
         set_for = override_set_for(product)
         active = who is not None and override_applies(product, who, calibrated)
-        basis = override_basis(product)
+        # set on the answering path's scores, but on a calibration it has replaced since
+        recalibrated = (set_for is not None and set_for == who
+                        and override_recalibrated(product, calibrated))
+        basis = override_basis(product) if set_for else None
         return {
             "id": product["id"], "name": product["name"],
             "description": product["description"], "created_at": product["created_at"],
@@ -136,7 +139,6 @@ class ProductService:
             "threshold_override": {
                 "image": product["image_threshold_override"],
                 "pixel": product["pixel_threshold_override"], "set_for": set_for,
-                "active": active, "recalibrated": bool(set_for) and set_for == who and not active,
-                "set_on": dict(zip(("image", "pixel"), basis, strict=True))
-                if set_for and basis else None},
+                "active": active, "recalibrated": recalibrated,
+                "set_on": basis and dict(zip(("image", "pixel"), basis, strict=True))},
         }
