@@ -63,6 +63,7 @@ class Recipe:
     prior: str = ""  # "" or a PaDiM covariance: the student map x a per-product prior
     serve: str = "student"  # or "head" (the PaDiM alone), "select" (per product, below)
     head_size: int = 0  # the head's input side; 0: the daemon's (inference/heads.py)
+    memory: int = 0  # > 0: MemKD's normality memory with this many items in the student
 
     def config(self, seed: int):
         from edge_runtime.training.loop import TrainConfig
@@ -276,9 +277,17 @@ def _trained(recipe: Recipe, spec, feats, train_idx, hold_idx, seed: int):
     from edge_runtime.training.loop import StudentTrainer
 
     config = recipe.config(seed)
-    key = (id(feats), len(feats), config, recipe.geometry)
+    key = (id(feats), len(feats), config, recipe.geometry, recipe.memory)
     if key not in _TRAINED:
         trunk, teacher, student = build_parts(spec, seed=seed)
+        if recipe.memory:
+            import numpy as np
+            import torch
+
+            from edge_runtime.model.normality_memory import with_memory
+
+            probe = torch.from_numpy(np.ascontiguousarray(feats[:1]))
+            student = with_memory(student, teacher, probe, recipe.memory, seed)
         result = StudentTrainer(teacher, student, config).fit(feats[train_idx],
                                                                feats[hold_idx])
         _TRAINED[key] = (trunk, teacher, student, result)
@@ -311,6 +320,8 @@ def run_recipe(recipe: Recipe, feats: Samples, eval_sets: list, seed: int, selec
         model = PasteModel(spec, trunk, teacher, student).eval()
         parts = inference_macs(spec, trunk, teacher, student)
         macs["student"], seconds = parts["total"], result.seconds
+        if recipe.memory:  # the recall's matrix products (not convolutions: not hooked)
+            macs["student"] += student.memory_macs(student.positions)
         paths["student"] = lambda f: maps_and_scores(model, f.student)
         info = {"steps": result.epochs_run * -(-len(train_idx) // config.batch_size),
                 "epochs": f"{result.epochs_run}/{config.planned_epochs(len(train_idx))}",
@@ -491,6 +502,8 @@ def ablation_recipes(target_steps: int | None) -> list[Recipe]:
                 geometry=(6, (6, 8, 10), 256)),
         replace(NEW, name="prior_student_6_10_12", train_overrides=steps, prior="full",
                 geometry=(6, (6, 10, 12), 256)),
+        # MemKD's normality memory in the student (model/normality_memory.py)
+        replace(NEW, name="new_memkd", train_overrides=steps, memory=50),
         # The memory-bank head alone (at the daemon's input size, and at the student's), and
         # the daemon's per-product choice of the two
         replace(NEW, name="head", train_overrides=steps, serve="head"),

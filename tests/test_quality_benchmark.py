@@ -10,15 +10,18 @@ KEYS = {"pixel_auroc", "image_auroc", "aupro", "pixel_f1", "operational_image_f1
 
 def test_quality_rows_for_the_prior_and_its_mac_budget(tmp_path, data_root):
     """The prior rows run end to end on a tiny subset; the shorter student pays for it; the
-    head alone costs fewer MACs, and ``select`` serves exactly one of student and head."""
+    head alone costs fewer MACs, ``select`` serves exactly one of student and head, and
+    MemKD's memory counts its recall."""
     cmd = [sys.executable, str(REPO / "benchmarks" / "quality.py"), "--quick",
            "--data", str(data_root), "--categories", "bottle",
            "--recipes", "new", "new_prior", "prior_student_6_10_12", "head", "select",
+           "new_memkd",
            "--max-train-images", "12", "--max-test-images", "1", "--target-steps", "6",
            "--cache", str(tmp_path / "cache")]
     done = subprocess.run(cmd, capture_output=True, text=True, check=True)
     out = json.loads(done.stdout.strip().splitlines()[-1])
-    assert set(out) == {"new", "new_prior", "prior_student_6_10_12", "head", "select"}
+    assert set(out) == {"new", "new_prior", "prior_student_6_10_12", "head", "select",
+                        "new_memkd"}
     rows = {name: per["bottle"] for name, per in out.items()}
     for row in rows.values():
         assert set(row) == KEYS
@@ -29,6 +32,8 @@ def test_quality_rows_for_the_prior_and_its_mac_budget(tmp_path, data_root):
     assert rows["new_prior"]["inference_macs"] > new
     assert rows["prior_student_6_10_12"]["inference_macs"] < new
     assert rows["head"]["inference_macs"] < new
+    # MemKD's recall: (similarities + weighted values) x 50 items at layers 6 and 10
+    assert rows["new_memkd"]["inference_macs"] - new == 2 * 50 * (24 * 32 * 32 + 40 * 16 * 16)
     chosen = [name for name in ("new", "head")
               if rows[name]["inference_macs"] == rows["select"]["inference_macs"]]
     assert len(chosen) == 1

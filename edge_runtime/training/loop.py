@@ -230,6 +230,8 @@ class StudentTrainer:
     def __init__(self, teacher: Tail, student: Tail, config: TrainConfig,
                  cache_targets: bool = True, channels_last: bool = True,
                  checkpoint: bool = False) -> None:
+        if checkpoint and hasattr(student, "auxiliary_loss"):
+            raise ValueError("a student with a normality memory trains without checkpointing")
         self.teacher = teacher.eval()
         self.student = student
         self.config = config
@@ -246,6 +248,9 @@ class StudentTrainer:
                 target = self.teacher(batch)
         if not self.checkpoint:
             loss = stfpm_loss(target, self.student(batch))
+            auxiliary = getattr(self.student, "auxiliary_loss", None)  # MemKD's memory terms
+            if auxiliary is not None:
+                loss = loss + auxiliary(target)
             self.optimizer.zero_grad()
             loss.backward()
         else:
