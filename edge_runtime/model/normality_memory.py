@@ -78,15 +78,8 @@ class MemoryTail(Tail):
         self._exemplars: list[torch.Tensor] | None = None
         self.positions: list[int] = []  # per memory, set by with_memory (for the MAC count)
 
-    def forward(self, x: torch.Tensor) -> list[torch.Tensor]:
-        features = []
-        for index, layer in enumerate(self.layers):
-            x = layer(x)
-            if index in self.taps:
-                features.append(x)
-                if len(features) <= len(self.memories):
-                    x = self.memories[len(features) - 1](x)
-        return features
+    def after_tap(self, tap: int, x: torch.Tensor) -> torch.Tensor:
+        return self.memories[tap](x) if tap < len(self.memories) else x
 
     def auxiliary_loss(self, teacher: Sequence[torch.Tensor]) -> torch.Tensor:
         """lambda_1 memorisation (on the previous step's teacher features) + lambda_2

@@ -105,7 +105,13 @@ class Tail(nn.Module):
             x = layer(x)
             if index in self.taps:
                 features.append(x)
+                x = self.after_tap(len(features) - 1, x)
         return features
+
+    def after_tap(self, tap: int, x: torch.Tensor) -> torch.Tensor:
+        """What the next layer reads after tapped layer ``tap``: the feature itself here
+        (model/normality_memory.py adds what its memory recalls)."""
+        return x
 
 
 def _tail_layers(net: nn.Module, spec: ModelSpec) -> list[nn.Module]:
