@@ -217,6 +217,7 @@ def run_head(run: str, args: argparse.Namespace) -> None:
     from edge_runtime.dataset import train_images
     from edge_runtime.evaluation.evaluate import evaluate
     from edge_runtime.inference import heads as H
+    from edge_runtime.model.macs import features_graph_macs
     from edge_runtime.model.onnx_export import export_features
     from edge_runtime.model.torch_model import ModelSpec, build_parts
 
@@ -234,6 +235,7 @@ def run_head(run: str, args: argparse.Namespace) -> None:
     spec = ModelSpec.paste()
     trunk, teacher, _ = build_parts(spec, seed=args.seed)
     params = sum(p.numel() for m in (trunk, teacher) for p in m.parameters())
+    graph_macs = features_graph_macs(trunk, teacher, spec.image_size)
     graph = Path(tempfile.mkdtemp()) / H.FEATURES
     export_features(trunk, teacher, spec.feature_layers, spec.image_size, graph)
     runner = H.FeatureRunner(graph, spec.image_size, args.threads)
@@ -285,7 +287,8 @@ def run_head(run: str, args: argparse.Namespace) -> None:
             times.append(time.perf_counter() - begun)
         state["resources"] = {
             "architecture_memory_mb": round(params * 4 / 2**20, 3),
-            "additional_memory_bytes": model.nbytes, "inference_macs": None,
+            "additional_memory_bytes": model.nbytes,
+            "inference_macs": graph_macs + model.scoring_macs,  # features graph + numpy
             "training_macs_per_step": None,
             "inference_ms": round(float(np.median(times[3:])) * 1000, 3)}
         atomic_write_bytes(path, json.dumps(state, indent=1).encode())

@@ -58,3 +58,8 @@ def test_memory_bank_rows_are_task_agnostic_and_bounded(tmp_path, data_root):
     assert result["runs"]["paste/patchcore"]["forgetting"] < 0.1  # one coreset per task
     state = json.loads((tmp_path / "runs" / "paste_patchcore.json").read_text())
     assert state["tasks"] == ["bottle", "transistor"] and len(state["matrix"][1]) == 2
+    # their inference MACs: the features graph plus the numpy scoring (PaDiM under the
+    # student graph's 207.8 M at 256 px; PatchCore searches every task's bank)
+    macs = {run: r["inference_macs"]
+            for run, r in json.loads((tmp_path / "results.json").read_text()).items()}
+    assert 150e6 < macs["paste/padim"] < 207_785_984 < macs["paste/patchcore"]

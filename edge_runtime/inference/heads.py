@@ -253,9 +253,13 @@ class Head:
             compare = dim
         else:  # full (per position) or shared whitening
             compare = dim * dim
+        return int(positions * (dim_in * dim + compare)) + self.map_macs
+
+    @property
+    def map_macs(self) -> int:
+        """The separable resize and smoothing of the grid's scores to the input size."""
         size = self.image_size
-        return int(positions * (dim_in * dim + compare) + size * positions
-                   + size * size * self.grid)
+        return int(size * self.grid * self.grid + size * size * self.grid)
 
     # ---- persistence
     def to_bytes(self) -> bytes:
@@ -493,6 +497,12 @@ class TaskBanks:
     @property
     def nbytes(self) -> int:
         return sum(bank.nbytes for bank in self.banks)
+
+    @property
+    def scoring_macs(self) -> int:
+        """Every task's bank scores every patch; one map is made of the chosen scores."""
+        maps = self.banks[0].map_macs
+        return sum(bank.scoring_macs - maps for bank in self.banks) + maps
 
     def maps(self, embeddings: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
         scores = np.stack([bank.patch_scores(embeddings) for bank in self.banks])
