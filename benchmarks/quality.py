@@ -320,8 +320,6 @@ def run_recipe(recipe: Recipe, feats: Samples, eval_sets: list, seed: int, selec
         model = PasteModel(spec, trunk, teacher, student).eval()
         parts = inference_macs(spec, trunk, teacher, student)
         macs["student"], seconds = parts["total"], result.seconds
-        if recipe.memory:  # the recall's matrix products (not convolutions: not hooked)
-            macs["student"] += student.memory_macs(student.positions)
         paths["student"] = lambda f: maps_and_scores(model, f.student)
         info = {"steps": result.epochs_run * -(-len(train_idx) // config.batch_size),
                 "epochs": f"{result.epochs_run}/{config.planned_epochs(len(train_idx))}",

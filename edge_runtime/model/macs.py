@@ -17,6 +17,7 @@ import torch
 from torch import nn
 from torch.utils.flop_counter import FlopCounterMode
 
+from edge_runtime.model.normality_memory import NormalityMemory
 from edge_runtime.model.torch_model import MapHead, ModelSpec, Tail, Trunk, stfpm_loss
 
 
@@ -35,7 +36,8 @@ def _count(fn: Callable[[], object]) -> int:
 
 
 def _forward_macs(module: nn.Module, x: torch.Tensor) -> tuple[int, object]:
-    """MACs of convolutions and linear layers in one forward pass, from module hooks.
+    """MACs of convolutions, linear layers and MemKD's recall (two matrix products per
+    position, which no layer hook would see) in one forward pass, from module hooks.
 
     The same count as FlopCounterMode for a forward pass, without it: its first use costs
     the training worker ~80 MB of RSS (torch's dispatch and decomposition tables)."""
@@ -45,11 +47,13 @@ def _forward_macs(module: nn.Module, x: torch.Tensor) -> tuple[int, object]:
         nonlocal total
         if isinstance(layer, nn.Conv2d):
             total += output.numel() * layer.in_channels // layer.groups * prod(layer.kernel_size)
+        elif isinstance(layer, NormalityMemory):
+            total += len(output) * layer.macs(output.shape[-2] * output.shape[-1])
         else:
             total += output.numel() * layer.in_features
 
     hooks = [m.register_forward_hook(count) for m in module.modules()
-             if isinstance(m, nn.Conv2d | nn.Linear)]
+             if isinstance(m, nn.Conv2d | nn.Linear | NormalityMemory)]
     try:
         out = module(x)
     finally:

@@ -63,6 +63,7 @@ class NormalityMemory(nn.Module):
         return cos.pow(2).mean()
 
     def macs(self, positions: int) -> int:
+        """Similarities to the keys and the weighted sum of values (model/macs.py counts it)."""
         items, channels = self.keys.shape
         return 2 * positions * items * channels
 
@@ -76,7 +77,6 @@ class MemoryTail(Tail):
         self.memories = nn.ModuleList(NormalityMemory(c, items, seed + i)
                                       for i, c in enumerate(channels[:-1]))
         self._exemplars: list[torch.Tensor] | None = None
-        self.positions: list[int] = []  # per memory, set by with_memory (for the MAC count)
 
     def after_tap(self, tap: int, x: torch.Tensor) -> torch.Tensor:
         return self.memories[tap](x) if tap < len(self.memories) else x
@@ -91,10 +91,6 @@ class MemoryTail(Tail):
                 m.memorisation_loss(e) for m, e in zip(self.memories, exemplars, strict=False))
         return loss
 
-    def memory_macs(self, positions: Sequence[int]) -> int:
-        """The recall's MACs for one image, given each tapped layer's positions."""
-        return sum(m.macs(p) for m, p in zip(self.memories, positions, strict=False))
-
 
 def with_memory(student: Tail, teacher: Tail, trunk_output: torch.Tensor,
                 items: int = ITEMS, seed: int = 0) -> MemoryTail:
@@ -102,7 +98,5 @@ def with_memory(student: Tail, teacher: Tail, trunk_output: torch.Tensor,
     with torch.no_grad():
         taps = teacher(trunk_output[:1])
     # taps are already relative to the split: split 0 keeps them as they are
-    tail = MemoryTail(list(student.layers), 0, student.taps, [t.shape[1] for t in taps],
+    return MemoryTail(list(student.layers), 0, student.taps, [t.shape[1] for t in taps],
                       items, seed)
-    tail.positions = [t.shape[2] * t.shape[3] for t in taps[:-1]]
-    return tail
