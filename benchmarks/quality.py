@@ -85,6 +85,10 @@ class Recipe:
         return PAPER_POLICY if self.calibration == "paper" else CalibrationPolicy()
 
 
+# The prior rows' projection width: the heads' before issue 16's ninth session, at which
+# they were measured; the daemon's 62 would put the prior beside a student over the budget.
+PRIOR_DIM = 27
+
 PAPER = Recipe("paper")
 NEW = Recipe("new", "new", "new", "frr")
 
@@ -193,9 +197,11 @@ class NormalityPrior:
     the teacher tail up to layer 14, which one graph runs once for both; ``trunk_macs``:
     what the head alone adds). A benchmark lever: not (yet) what the daemon serves."""
 
-    def __init__(self, train_feats, hold_feats, hold_maps, covariance: str, spec) -> None:
+    def __init__(self, train_feats, hold_feats, hold_maps, covariance: str, spec,
+                 dim: int = 0) -> None:
         """``hold_maps``: the student's on the held-out normals (None: the prior serves
-        alone, as the daemon's memory-bank head)."""
+        alone, as the daemon's memory-bank head). ``dim``: the projection's width, 0 for
+        the daemon's (inference/heads.py DIMS)."""
         import numpy as np
         import torch
 
@@ -215,7 +221,7 @@ class NormalityPrior:
         self.spec = spec
         embeddings = self.embed(train_feats)
         self.grid = int(round(math.sqrt(embeddings.shape[1])))
-        self.config = HeadConfig(covariance=covariance)
+        self.config = HeadConfig(covariance=covariance, dim=dim)
         self.head = fit_head(embeddings, self.config, spec.image_size, self.grid)
         self.student_ref = None if hold_maps is None else float(np.quantile(hold_maps, 0.99))
         self.prior_ref = float(np.quantile(self.head.maps(self.embed(hold_feats))[0], 0.99))
@@ -327,7 +333,7 @@ def run_recipe(recipe: Recipe, feats: Samples, eval_sets: list, seed: int, selec
         if recipe.prior:
             hold_maps = paths["student"](feats[hold_idx])[0]
             prior = NormalityPrior(feats.student[train_idx], feats.student[hold_idx],
-                                   hold_maps, recipe.prior, spec)
+                                   hold_maps, recipe.prior, spec, PRIOR_DIM)
             paths["student"] = lambda f: prior.combine(maps_and_scores(model, f.student)[0],
                                                        f.student)
             macs["student"] += prior.macs + max(0, prior.teacher_macs - parts["teacher_tail"])

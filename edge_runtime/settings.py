@@ -134,7 +134,7 @@ class HeadSettings:
     enabled: bool = True
     kind: str = "padim"  # padim | patchcore
     covariance: str = "full"  # padim: full | shared | diagonal
-    max_bytes: int = 2_000_000  # per product, the head file; the fit narrows to fit
+    max_bytes: int = 5_500_000  # per product, the head file; the fit narrows to fit
     # the head's input side (inference/heads.py IMAGE_SIZE): finer than the student's 256,
     # within the student graph's MACs
     image_size: int = 288

@@ -60,8 +60,9 @@ def test_cross_fitted_scores_come_from_heads_fitted_without_them(bottle, runner,
         return (fitted[rows[i : i + 7]] for i in range(0, len(rows), 7))  # batches
 
     head, scores = H.fit_cross_fitted(stream, 25, fitted.shape[-1], config, SIZE, runner.grid)
-    # PaDiM reads every capture twice (sums, then scores); PatchCore refits per fold
-    assert len(asked) == (2 if kind == "padim" else 1 + 2 * H.CROSS_FIT_FOLDS)
+    # PaDiM reads every capture twice (sums, then its fold's scores); PatchCore refits per fold
+    reads = sum(len(rows) for rows in asked)
+    assert reads == 25 * (2 if kind == "padim" else 1 + H.CROSS_FIT_FOLDS)
 
     def fit(rows):  # the plain fit, on the same batches
         return H.fit_head_batches(stream(rows), len(rows), fitted.shape[-1], config, SIZE,
@@ -238,6 +239,14 @@ def test_head_service_fits_off_thread_persists_and_reloads(tmp_path, data_root, 
     old = HeadService(tmp_path / "earlier", options)
     assert old.load_all() == [7] and old.inferencer(7) is None and 7 in old.replaced
     old.shutdown()
+    # and one stored with square whitening matrices (an earlier release's, narrower)
+    earlier.meta["epsilon"] = H.EPSILON
+    earlier.arrays["precision"] = H.unpack_lower(earlier.arrays.pop("precision_lower").T)
+    del earlier.meta["whitening"]
+    earlier.save(tmp_path / "earlier" / "7.npz")
+    old = HeadService(tmp_path / "earlier", options)
+    assert old.load_all() == [7] and old.inferencer(7) is None and 7 in old.replaced
+    old.shutdown()
     # heads.image_size changed (or an upgrade from 256): the head is not served but named
     # for a refit from the stored captures, and the other size's graph is removed
     fitted = again.head(7).thresholds
@@ -276,6 +285,24 @@ def test_padim_moments_average_tasks_like_algorithm_1(bottle):
     assert merged.head(0.01, SIZE, 32).maps(bottle["test"][:1])[0].shape == (1, SIZE, SIZE)
 
 
+def test_packed_triangular_whitening_gives_the_mahalanobis_distance(bottle, runner):
+    train = bottle["train"]
+    head = H.fit_head(train, H.HeadConfig(dim=24, max_bytes=2**40), SIZE, runner.grid)
+    dim, positions = 24, runner.grid ** 2
+    assert head.arrays["precision_lower"].shape == (dim * (dim + 1) // 2, positions)
+    lower = H.unpack_lower(head.arrays["precision_lower"].T)
+    assert not np.triu(lower, 1).any()  # only the triangle is stored
+    np.testing.assert_array_equal(H.packed_lower_rows(lower), head.arrays["precision_lower"])
+    # against the covariance inverted in float64, from the same (fp16) projection and mean
+    projected = train.astype(np.float64) @ head.arrays["projection"].astype(np.float64)
+    centred = projected - projected.mean(axis=0)
+    cov = np.einsum("npd,npe->pde", centred, centred) / (len(train) - 1) + H.EPSILON * np.eye(dim)
+    query = bottle["test"][:3].astype(np.float64) @ head.arrays["projection"].astype(np.float64)
+    diff = query - head.arrays["mean"].astype(np.float64)
+    exact = np.sqrt(np.einsum("npd,pde,npe->np", diff, np.linalg.inv(cov), diff))
+    np.testing.assert_allclose(head.patch_scores(bottle["test"][:3]), exact, rtol=2e-3)
+
+
 def test_fitting_batch_by_batch_equals_fitting_at_once(bottle, runner):
     train = bottle["train"]
     for covariance in H.COVARIANCES:
@@ -304,12 +331,14 @@ def test_the_head_at_its_input_size_costs_less_than_the_student_graph(backbone_f
     assert head.arrays["projection"].shape == (runner.dim, dim)
     assert graph + head.scoring_macs < student_graph  # the budget IMAGE_SIZE was chosen in
     assert features_graph_macs(trunk, teacher, 320) > student_graph  # the next size is not
+    assert dim == H.DIMS["padim"]  # the default bytes hold the chosen width
     fitted = {kind: H.fit_head(bottle["train"], H.HeadConfig(kind=kind, dim=16, max_bytes=2**40,
                                                              bank_patches=100), SIZE, 32)
               for kind in H.KINDS}
-    # per position: projection, then 16 x 16 whitening or 100 bank distances of 16
+    # per position: projection, then the triangle of a 16 x 16 whitening or 100 bank
+    # distances of 16
     resize = SIZE * 1024 + SIZE * SIZE * 32
-    assert fitted["padim"].scoring_macs == 1024 * (runner.dim * 16 + 16 * 16) + resize
+    assert fitted["padim"].scoring_macs == 1024 * (runner.dim * 16 + 16 * 17 // 2) + resize
     assert fitted["patchcore"].scoring_macs == 1024 * (runner.dim * 16 + 100 * 16) + resize
 
 

@@ -14,9 +14,8 @@ With 20-odd held-out captures that criterion's error (~0.02) is larger than most
 between the two paths, so a bare "higher wins" flips on noise. The student answers only
 when it is better in at least ``CONFIDENCE`` of paired bootstrap resamples of the captures
 (each with the defects made from it); otherwise the head does, the cheaper path (the
-features graph and a Gaussian per position: 196 M MACs at 288 px against the student
-graph's 208 M)
-and the one that cannot forget an earlier product as later ones are learnt.
+features graph and a Gaussian per position: 205 M MACs at 288 px against the student
+graph's 208 M) and the one that cannot forget an earlier product as later ones are learnt.
 """
 
 from __future__ import annotations

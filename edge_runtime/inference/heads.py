@@ -22,6 +22,7 @@ from __future__ import annotations
 
 import io
 import json
+import math
 import os
 import zipfile
 from collections.abc import Callable, Iterable, Iterator, Sequence
@@ -48,10 +49,21 @@ IMAGE_SIZE = 288
 # chose 2 are in README). A head fitted on another embedding is not served but fitted
 # again, like one of another size.
 EMBEDDING = 2
-# PaDiM's covariance regulariser (epsilon I). 0.003 rather than PaDiM's 0.01: the weighted
-# embedding's per-dimension variances are 0.007-0.08, so 0.01 flattened the Gaussians (the
-# validation figures are in README). A PaDiM head fitted with another is fitted again.
-EPSILON = 0.003
+# PaDiM's covariance regulariser (epsilon I). Not PaDiM's 0.01: at 27 dimensions the
+# weighted embedding's projected variances were 0.007-0.08 and 0.003 won; the projection
+# scales each dimension by 1 / sqrt(width), so at 62 the same strength is 0.0013, and 0.001
+# won on the validation split (figures in README). A head fitted with another is fitted again.
+EPSILON = 0.001
+# How a full-covariance PaDiM head stores each position's whitening: "lower", a packed
+# triangle, half the bytes of a square matrix. A head stored square (27 dimensions, as
+# before) is fitted again.
+WHITENING = "lower"
+# Random-projection widths. PaDiM: 62, the widest at which the features graph and the head
+# stayed under the student graph's MACs (207.8 M) with square whitening matrices; on the
+# triangle they cost 205.3 M at 288 px. On the validation split wider was better, most on
+# magnetic_tile, up to 62 (flat to 64; figures in README). PatchCore's search costs bank
+# size x width per position, so it stays narrow.
+DIMS = {"padim": 62, "patchcore": 32}
 Source = str | os.PathLike[str] | bytes
 
 
@@ -170,8 +182,8 @@ class HeadConfig:
     """How a head is fitted. ``max_bytes`` bounds the saved file (the bank or Gaussians)."""
 
     kind: str = "padim"
-    dim: int = 32  # random-projection width (PaDiM: narrowed further if over max_bytes)
-    max_bytes: int = 2_000_000
+    dim: int = 0  # random-projection width, 0: the kind's (DIMS); narrowed if over max_bytes
+    max_bytes: int = 5_500_000
     bank_patches: int = 2048  # PatchCore coreset size (also capped by max_bytes)
     candidates: int = 40_000  # PatchCore: random subset of patches the coreset is chosen from
     covariance: str = "full"  # PaDiM
@@ -183,6 +195,7 @@ class HeadConfig:
             raise HeadError(f"head kind must be one of {KINDS}, got {self.kind!r}")
         if self.covariance not in COVARIANCES:
             raise HeadError(f"covariance must be one of {COVARIANCES}")
+        self.dim = self.dim or DIMS[self.kind]
         if self.dim < 1 or self.bank_patches < 1 or self.max_bytes < 1:
             raise HeadError("dim, bank_patches and max_bytes must be positive")
 
@@ -207,7 +220,10 @@ class Head:
     # ---- scoring
     def _prepare(self) -> dict[str, np.ndarray]:
         if not self._prepared:
-            a = {k: v.astype(np.float32) for k, v in self.arrays.items()}
+            # the triangular whitening stays fp16 (5 MB, widened as it is read): a float32
+            # copy would hold 10 MB more of the API's RAM per product its head serves
+            a = {k: v if k == "precision_lower" else v.astype(np.float32)
+                 for k, v in self.arrays.items()}
             if self.kind == "patchcore":
                 a["bank_norms"] = np.einsum("ij,ij->i", a["bank"], a["bank"])
             self._prepared = a
@@ -215,8 +231,11 @@ class Head:
 
     def patch_scores(self, embeddings: np.ndarray) -> np.ndarray:
         """(N, grid*grid) distances of projected patches to the normal model."""
+        return self.projected_scores(embeddings @ self._prepare()["projection"])
+
+    def projected_scores(self, x: np.ndarray) -> np.ndarray:
+        """patch_scores of embeddings already projected by this head's projection."""
         a = self._prepare()
-        x = embeddings @ a["projection"]
         if self.kind == "patchcore":
             flat = x.reshape(-1, x.shape[-1])
             return np.sqrt(_min_sq_distances(flat, a["bank"], a["bank_norms"])).reshape(
@@ -224,10 +243,10 @@ class Head:
         centred = x - a["mean"][None]
         if "whiten" in a:  # shared: one whitening matrix for every position
             z = centred @ a["whiten"]
-        elif a["precision"].ndim == 2:  # diagonal: per-position 1/sqrt(variance)
+        elif "precision_lower" in a:  # full: per-position triangular whitening
+            z = _lower_product(centred, a["precision_lower"])
+        else:  # diagonal: per-position 1/sqrt(variance)
             z = centred * a["precision"][None]
-        else:  # full: per-position whitening matrices
-            z = np.einsum("npd,pde->npe", centred, a["precision"], optimize=True)
         return np.sqrt(np.einsum("npd,npd->np", z, z))
 
     def maps(self, embeddings: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
@@ -249,10 +268,12 @@ class Head:
         positions, (dim_in, dim) = self.grid * self.grid, a["projection"].shape
         if self.kind == "patchcore":
             compare = len(a["bank"]) * dim
-        elif "precision" in a and a["precision"].ndim == 2:  # diagonal
+        elif "precision" in a:  # diagonal
             compare = dim
-        else:  # full (per position) or shared whitening
+        elif "whiten" in a:  # shared
             compare = dim * dim
+        else:  # full: the triangle of each position's whitening
+            compare = dim * (dim + 1) // 2
         return int(positions * (dim_in * dim + compare)) + self.map_macs
 
     @property
@@ -333,13 +354,66 @@ def _inverse_sqrt(cov: np.ndarray) -> np.ndarray:
     return (vectors / np.sqrt(np.maximum(values, 1e-12))[..., None, :]).astype(np.float32)
 
 
+def _lower_inverse_sqrt(cov: np.ndarray) -> np.ndarray:
+    """A lower-triangular W with W W^T = cov^-1 (the Cholesky factor of the inverse): the
+    same distances as any other square root, and half its numbers are zeros that need not
+    be stored. Should rounding leave cov not positive definite, the one from the clipped
+    eigen-decomposition (QR of W^T makes it triangular)."""
+    cov = cov.astype(np.float64)
+    try:
+        return np.linalg.cholesky(np.linalg.inv(cov)).astype(np.float32)
+    except np.linalg.LinAlgError:
+        r = np.linalg.qr(np.swapaxes(_inverse_sqrt(cov), -1, -2).astype(np.float64), mode="r")
+        return np.swapaxes(r, -1, -2).astype(np.float32)
+
+
+def _lower_product(x: np.ndarray, packed: np.ndarray) -> np.ndarray:
+    """x @ W per position, for (N, P, d) x and lower-triangular W stored by packed_lower_rows:
+    row r of W contributes x[..., r] * W[r, :r + 1], so d (d + 1) / 2 multiply-adds per
+    position and no square matrix is made. One image at a time (its (d, P) rows stay in
+    cache), positions innermost, so every step is one contiguous vector operation."""
+    count, positions, dim = x.shape
+    out = np.empty_like(x)
+    term, z = np.empty((dim, positions), np.float32), np.empty((dim, positions), np.float32)
+    for image in range(count):
+        rows = np.ascontiguousarray(x[image].T)
+        z[:] = 0.0
+        for r in range(dim):
+            start = r * (r + 1) // 2
+            np.multiply(rows[r : r + 1], packed[start : start + r + 1], out=term[: r + 1])
+            z[: r + 1] += term[: r + 1]
+        out[image] = z.T
+    return out
+
+
+def packed_lower_rows(square: np.ndarray) -> np.ndarray:
+    """(P, d, d) lower-triangular -> (d (d + 1) / 2, P): the triangle row by row, positions
+    last (how a head stores its whitening; _lower_product reads it so)."""
+    return np.ascontiguousarray(pack_lower(square).T)
+
+
+def pack_lower(square: np.ndarray) -> np.ndarray:
+    """(..., d, d) lower-triangular -> (..., d (d + 1) / 2), row by row."""
+    rows, cols = np.tril_indices(square.shape[-1])
+    return square[..., rows, cols]
+
+
+def unpack_lower(packed: np.ndarray) -> np.ndarray:
+    """pack_lower's inverse: the zeros above the diagonal come back."""
+    dim = int((math.isqrt(8 * packed.shape[-1] + 1) - 1) // 2)
+    square = np.zeros((*packed.shape[:-1], dim, dim), packed.dtype)
+    rows, cols = np.tril_indices(dim)
+    square[..., rows, cols] = packed
+    return square
+
+
 def padim_dim(config: HeadConfig, dim_in: int, positions: int) -> int:
     """Widest projection whose Gaussians fit ``max_bytes`` in fp16."""
     dim = min(config.dim, dim_in)
     room = config.max_bytes - _OVERHEAD
 
     def size(d: int) -> int:
-        per_position = {"full": d * d, "diagonal": d, "shared": 0}[config.covariance]
+        per_position = {"full": d * (d + 1) // 2, "diagonal": d, "shared": 0}[config.covariance]
         shared = d * d if config.covariance == "shared" else 0
         return 2 * (positions * (d + per_position) + shared + dim_in * d)
 
@@ -350,11 +424,19 @@ def padim_dim(config: HeadConfig, dim_in: int, positions: int) -> int:
     return dim
 
 
+_CHUNK = 128  # positions at a time for per-position matrices: temporaries stay a few MB
+
+
+def _position_chunks(positions: int) -> Iterator[slice]:
+    return (slice(start, start + _CHUNK) for start in range(0, positions, _CHUNK))
+
+
 @dataclass
 class PadimSums:
     """The count and the float64 sums of projected x and x x^T that a PaDiM head is made
     from. Sums subtract: the head without some captures is the total minus their sums, so
-    cross-fitting needs no refit from the images."""
+    cross-fitting needs no refit from the images. Per position (``full``), x x^T is kept as
+    its packed lower triangle: at 62 dimensions 20 MB instead of 40 per set of sums."""
 
     covariance: str
     count: int = 0
@@ -371,7 +453,18 @@ class PadimSums:
         elif self.covariance == "diagonal":
             self.second = self.second + (x * x).sum(axis=0)
         else:
-            self.second = self.second + np.einsum("npd,npe->pde", x, x, optimize=True)
+            positions, dim = x.shape[1:]
+            if np.isscalar(self.second):  # else an array of these sums' own (added in place)
+                self.second = np.zeros((positions, dim * (dim + 1) // 2))
+            outer = np.empty((_CHUNK, dim, dim))  # reused: one allocation per batch
+            for part in _position_chunks(positions):
+                n = len(range(positions)[part])
+                np.matmul(x[:, part].transpose(1, 2, 0), x[:, part].transpose(1, 0, 2),
+                          out=outer[:n])
+                second = self.second[part]
+                for row in range(dim):  # the triangle's rows lie one after another
+                    start = row * (row + 1) // 2
+                    second[:, start : start + row + 1] += outer[:n, row, : row + 1]
 
     def __add__(self, other: PadimSums) -> PadimSums:
         return PadimSums(self.covariance, self.count + other.count, self.first + other.first,
@@ -417,8 +510,14 @@ class PadimMoments:
             cov = (second - count * mean.T @ mean) / max(count * positions - 1, 1)
         elif sums.covariance == "diagonal":
             cov = (second - count * mean * mean) / max(count - 1, 1)
-        else:
-            cov = (second - count * np.einsum("pd,pe->pde", mean, mean)) / max(count - 1, 1)
+        else:  # from the packed triangle, a chunk of positions at a time
+            positions, dim = mean.shape
+            cov = np.empty((positions, dim, dim), np.float32)
+            for part in _position_chunks(positions):
+                square = unpack_lower(second[part])
+                square += np.swapaxes(np.tril(square, -1), -1, -2)
+                square -= count * np.einsum("pd,pe->pde", mean[part], mean[part])
+                cov[part] = square / max(count - 1, 1)
         return cls(proj, mean.astype(np.float32), cov.astype(np.float32), sums.covariance)
 
     def average(self, other: PadimMoments, tasks_so_far: int) -> PadimMoments:
@@ -433,12 +532,17 @@ class PadimMoments:
                   "mean": self.mean.astype(np.float16)}
         if self.covariance == "diagonal":
             arrays["precision"] = (1.0 / np.sqrt(self.cov + epsilon)).astype(np.float16)
-        else:
+        elif self.covariance == "shared":
             cov = self.cov + epsilon * np.eye(dim, dtype=np.float32)
-            name = "whiten" if self.covariance == "shared" else "precision"
-            arrays[name] = _inverse_sqrt(cov).astype(np.float16)
+            arrays["whiten"] = _inverse_sqrt(cov).astype(np.float16)
+        else:  # per position: the lower triangle of a triangular whitening, packed
+            ridge = epsilon * np.eye(dim, dtype=np.float32)
+            packed = np.empty((dim * (dim + 1) // 2, len(self.cov)), np.float16)
+            for part in _position_chunks(len(self.cov)):
+                packed[:, part] = packed_lower_rows(_lower_inverse_sqrt(self.cov[part] + ridge))
+            arrays["precision_lower"] = packed
         return Head("padim", image_size, grid, arrays, {"covariance": self.covariance,
-                                                         "dim": dim})
+                                                         "dim": dim, "whitening": WHITENING})
 
 
 def fit_padim(batches: Iterable[np.ndarray], count: int, config: HeadConfig,
@@ -553,40 +657,37 @@ def fit_cross_fitted(stream: Callable[[np.ndarray], Iterable[np.ndarray]], count
     return head, scores
 
 
-def _by_fold(stream: Iterable[np.ndarray], folds: int) -> Iterator[tuple[int, np.ndarray,
-                                                                          np.ndarray]]:
-    """(fold, rows, embeddings) per batch and fold, capture i being in fold i % folds."""
-    start = 0
-    for batch in stream:
-        fold = (start + np.arange(len(batch))) % folds
-        for k in range(folds):
-            rows = np.flatnonzero(fold == k)
-            if len(rows):
-                yield k, start + rows, batch[rows]
-        start += len(batch)
-
-
 def _padim_cross_fitted(stream: Callable[[np.ndarray], Iterable[np.ndarray]], count: int,
                         dim_in: int, config: HeadConfig, image_size: int, grid: int,
                         folds: int) -> tuple[Head, np.ndarray | None]:
+    """The sums of every capture, then fold by fold: that fold's captures (read the second
+    time), the head of the total minus their sums, their scores. One fold's sums, captures
+    and head are in RAM at a time, the captures projected (a third of their bytes; by the
+    projection as stored, fp16, so that they score as the fold's head would score them)."""
     proj = projection(dim_in, padim_dim(config, dim_in, grid * grid), config.seed)
-    crossing = count >= MIN_CROSS_FIT
-    parts = [PadimSums(config.covariance) for _ in range(folds if crossing else 1)]
-    for k, _, embeddings in _by_fold(stream(np.arange(count)), len(parts)):
-        parts[k].add(embeddings @ proj)
-    total = sum(parts[1:], parts[0])
+    proj = proj.astype(np.float16).astype(np.float32)
+    total = PadimSums(config.covariance)
+    for embeddings in stream(np.arange(count)):
+        total.add(embeddings @ proj)
     if total.count != count:
         raise HeadError(f"expected {count} captures' embeddings, got {total.count}")
     head = _checked(PadimMoments.of_sums(total, proj).head(config.epsilon, image_size, grid),
                     count, config)
-    if not crossing:
+    if count < MIN_CROSS_FIT:
         return head, None
-    without = [PadimMoments.of_sums(total - part, proj).head(config.epsilon, image_size, grid)
-               for part in parts]
-    del parts, total
     scores = np.empty(count, np.float32)
-    for k, rows, embeddings in _by_fold(stream(np.arange(count)), folds):
-        scores[rows] = without[k].maps(embeddings)[1]
+    for k in range(folds):
+        rows = np.flatnonzero(np.arange(count) % folds == k)
+        mine, projected = PadimSums(config.covariance), []
+        for embeddings in stream(rows):
+            projected.append(embeddings @ proj)
+            mine.add(projected[-1])
+        rest = total - mine
+        del mine  # one set of sums besides the total
+        without = PadimMoments.of_sums(rest, proj).head(config.epsilon, image_size, grid)
+        del rest
+        scores[rows] = np.concatenate([without.to_maps(without.projected_scores(x))[1]
+                                       for x in projected])
     return head, scores
 
 

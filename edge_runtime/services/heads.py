@@ -57,7 +57,7 @@ class HeadOptions:
     enabled: bool = True
     kind: str = "padim"
     covariance: str = "full"
-    max_bytes: int = 2_000_000
+    max_bytes: int = H.HeadConfig().max_bytes
     min_captures: int = 4
     max_images: int = 200
     threads: int = 1
@@ -207,6 +207,10 @@ class HeadService:
         epsilon = head.meta.get("epsilon", 0.01)  # before it was recorded: PaDiM's 0.01
         if head.kind == "padim" and epsilon != H.EPSILON:
             return f"fitted with covariance regulariser {epsilon}, heads now use {H.EPSILON}"
+        whitening = head.meta.get("whitening", "square")  # before it was recorded: square
+        if head.meta.get("covariance") == "full" and whitening != H.WHITENING:
+            return (f"{head.meta.get('dim')} dimensions, {whitening} whitening matrices; heads "
+                    f"now use {H.DIMS['padim']}, {H.WHITENING}")
         return None
 
     def shutdown(self) -> None:

@@ -30,9 +30,14 @@ def fit(request: dict) -> None:
 
 
 def main() -> int:
+    from edge_runtime.memory import map_large_blocks
     from edge_runtime.workers.lifetime import set_parent_death_signal
 
     set_parent_death_signal()
+    # a fit frees and allocates 20 MB per-position matrices fold after fold: mmapped, each
+    # leaves when freed, where the heap kept them (200 captures at 62 dimensions: peak 177
+    # MB instead of 240-259, for ~4 s more of page faults in a 10 s fit)
+    map_large_blocks()
     fit(json.load(sys.stdin))
     return 0
 
