@@ -209,8 +209,8 @@ class HeadService:
             return f"fitted with covariance regulariser {epsilon}, heads now use {H.EPSILON}"
         whitening = head.meta.get("whitening", "square")  # before it was recorded: square
         if head.meta.get("covariance") == "full" and whitening != H.WHITENING:
-            return (f"{head.meta.get('dim')} dimensions, {whitening} whitening matrices; heads "
-                    f"now use {H.DIMS['padim']}, {H.WHITENING}")
+            return (f"{head.meta.get('dim')} dimensions with {whitening} whitening matrices; "
+                    f"heads now use {H.DIMS['padim']} with {H.WHITENING}-triangular ones")
         return None
 
     def shutdown(self) -> None:
