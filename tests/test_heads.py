@@ -292,7 +292,7 @@ def test_packed_triangular_whitening_gives_the_mahalanobis_distance(bottle, runn
     assert head.arrays["precision_lower"].shape == (dim * (dim + 1) // 2, positions)
     lower = H.unpack_lower(head.arrays["precision_lower"].T)
     assert not np.triu(lower, 1).any()  # only the triangle is stored
-    np.testing.assert_array_equal(H.packed_lower_rows(lower), head.arrays["precision_lower"])
+    np.testing.assert_array_equal(H.pack_lower(lower).T, head.arrays["precision_lower"])
     # against the covariance inverted in float64, from the same (fp16) projection and mean
     projected = train.astype(np.float64) @ head.arrays["projection"].astype(np.float64)
     centred = projected - projected.mean(axis=0)

@@ -367,29 +367,28 @@ def _lower_inverse_sqrt(cov: np.ndarray) -> np.ndarray:
         return np.swapaxes(r, -1, -2).astype(np.float32)
 
 
+def _triangle_rows(dim: int) -> Iterator[tuple[int, slice]]:
+    """(r, where row r's r + 1 entries lie) in a packed lower triangle (pack_lower)."""
+    return ((r, slice(r * (r + 1) // 2, (r + 1) * (r + 2) // 2)) for r in range(dim))
+
+
 def _lower_product(x: np.ndarray, packed: np.ndarray) -> np.ndarray:
-    """x @ W per position, for (N, P, d) x and lower-triangular W stored by packed_lower_rows:
-    row r of W contributes x[..., r] * W[r, :r + 1], so d (d + 1) / 2 multiply-adds per
-    position and no square matrix is made. One image at a time (its (d, P) rows stay in
-    cache), positions innermost, so every step is one contiguous vector operation."""
+    """x @ W per position, for (N, P, d) x and lower-triangular W packed row by row with
+    positions last ((d (d + 1) / 2, P), as a head stores it): row r of W contributes
+    x[..., r] * W[r, :r + 1], so d (d + 1) / 2 multiply-adds per position and no square
+    matrix is made. One image at a time (its (d, P) rows stay in cache), positions
+    innermost, so every step is one contiguous vector operation."""
     count, positions, dim = x.shape
     out = np.empty_like(x)
     term, z = np.empty((dim, positions), np.float32), np.empty((dim, positions), np.float32)
     for image in range(count):
         rows = np.ascontiguousarray(x[image].T)
         z[:] = 0.0
-        for r in range(dim):
-            start = r * (r + 1) // 2
-            np.multiply(rows[r : r + 1], packed[start : start + r + 1], out=term[: r + 1])
+        for r, entries in _triangle_rows(dim):
+            np.multiply(rows[r : r + 1], packed[entries], out=term[: r + 1])
             z[: r + 1] += term[: r + 1]
         out[image] = z.T
     return out
-
-
-def packed_lower_rows(square: np.ndarray) -> np.ndarray:
-    """(P, d, d) lower-triangular -> (d (d + 1) / 2, P): the triangle row by row, positions
-    last (how a head stores its whitening; _lower_product reads it so)."""
-    return np.ascontiguousarray(pack_lower(square).T)
 
 
 def pack_lower(square: np.ndarray) -> np.ndarray:
@@ -462,9 +461,8 @@ class PadimSums:
                 np.matmul(x[:, part].transpose(1, 2, 0), x[:, part].transpose(1, 0, 2),
                           out=outer[:n])
                 second = self.second[part]
-                for row in range(dim):  # the triangle's rows lie one after another
-                    start = row * (row + 1) // 2
-                    second[:, start : start + row + 1] += outer[:n, row, : row + 1]
+                for row, entries in _triangle_rows(dim):
+                    second[:, entries] += outer[:n, row, : row + 1]
 
     def __add__(self, other: PadimSums) -> PadimSums:
         return PadimSums(self.covariance, self.count + other.count, self.first + other.first,
@@ -518,7 +516,8 @@ class PadimMoments:
                 square += np.swapaxes(np.tril(square, -1), -1, -2)
                 square -= count * np.einsum("pd,pe->pde", mean[part], mean[part])
                 cov[part] = square / max(count - 1, 1)
-        return cls(proj, mean.astype(np.float32), cov.astype(np.float32), sums.covariance)
+        return cls(proj, mean.astype(np.float32), cov.astype(np.float32, copy=False),
+                   sums.covariance)
 
     def average(self, other: PadimMoments, tasks_so_far: int) -> PadimMoments:
         """M <- M * i/(i+1) + M_i/(i+1), the same for the covariance (i tasks so far)."""
@@ -539,7 +538,7 @@ class PadimMoments:
             ridge = epsilon * np.eye(dim, dtype=np.float32)
             packed = np.empty((dim * (dim + 1) // 2, len(self.cov)), np.float16)
             for part in _position_chunks(len(self.cov)):
-                packed[:, part] = packed_lower_rows(_lower_inverse_sqrt(self.cov[part] + ridge))
+                packed[:, part] = pack_lower(_lower_inverse_sqrt(self.cov[part] + ridge)).T
             arrays["precision_lower"] = packed
         return Head("padim", image_size, grid, arrays, {"covariance": self.covariance,
                                                          "dim": dim, "whitening": WHITENING})

@@ -35,7 +35,7 @@ def main() -> int:
 
     set_parent_death_signal()
     # a fit frees and allocates 20 MB per-position matrices fold after fold: mmapped, each
-    # leaves when freed, where the heap kept them (200 captures at 62 dimensions: peak 177
+    # leaves when freed, where the heap kept them (200 captures at 62 dimensions: peak 174
     # MB instead of 240-259, for ~4 s more of page faults in a 10 s fit)
     map_large_blocks()
     fit(json.load(sys.stdin))
